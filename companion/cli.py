@@ -1,0 +1,110 @@
+"""Command line: ``python -m companion train ...`` (see ``--help``).
+
+Exit codes: 0 success, 1 data or device problem (one line on stderr), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from .data import CorruptDataError, DataNotFoundError
+from .recipes import ARTICLE, IMPROVED, MODELS, TrainConfig, train
+from .train import History, NonFiniteLossError
+
+__all__ = ["build_parser", "main"]
+
+RECIPES = {"default": TrainConfig(), "article": ARTICLE, "improved": IMPROVED}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m companion``."""
+    parser = argparse.ArgumentParser(prog="python -m companion", description="Companion package of the book.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="train a model on MNIST or Fashion-MNIST and report test accuracy")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                   help="base settings: default (SeedCNN, SGD lr 0.01), article (lr 0.001) or improved")
+    p.add_argument("--model", choices=sorted(MODELS), help="network (default: the recipe's)")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="dataset (default: mnist)")
+    p.add_argument("--epochs", type=_positive_int, help="passes over the training set")
+    p.add_argument("--batch-size", type=_positive_int, help="samples per step")
+    p.add_argument("--lr", type=_positive_float, help="(peak) learning rate")
+    p.add_argument("--seed", type=_seed, help="random seed (default 0)")
+    p.add_argument("--data-dir", help="data root (default: $COMPANION_DATA_DIR, then ~/.cache/companion/data)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $COMPANION_DEVICE, then the best available)")
+    p.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bar")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    overrides = {
+        field: getattr(args, field)
+        for field in ("model", "dataset", "epochs", "batch_size", "lr", "seed")
+        if getattr(args, field) is not None
+    }
+    return dataclasses.replace(RECIPES[args.recipe], **overrides)
+
+
+def _print_epoch(history: History) -> None:
+    i = len(history) - 1
+    print(
+        f"epoch {history.epoch[i]:>3}  train loss {history.train_loss[i]:.4f}  "
+        f"train acc {100 * history.train_accuracy[i]:6.2f}%  test loss {history.val_loss[i]:.4f}  "
+        f"test acc {100 * history.val_accuracy[i]:6.2f}%  {history.seconds[i]:6.1f} s",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse exits with 2 on bad arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and not args.checkpoint:
+        parser.error("--resume needs --checkpoint PATH")
+    try:
+        config = _config(args)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"training {config.model} on {config.dataset}: {config}", flush=True)
+    try:
+        result = train(
+            config,
+            root=args.data_dir,
+            device=args.device,
+            checkpoint_path=args.checkpoint,
+            resume=args.resume,
+            progress=not args.no_progress,
+            on_epoch_end=_print_epoch,
+        )
+    except (DataNotFoundError, CorruptDataError, NonFiniteLossError, RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    test = result.test
+    correct = round(test.accuracy * test.num_samples)
+    print(f"test accuracy: {100 * test.accuracy:.2f}% ({correct}/{test.num_samples}), test loss {test.loss:.4f}")
+    return 0

@@ -1,0 +1,372 @@
+"""MNIST and Fashion-MNIST from local files, and the device-resident batch loader.
+
+Data root, first match wins: the ``root`` argument, the environment variable
+``COMPANION_DATA_DIR``, then :data:`DEFAULT_DATA_DIR` (``~/.cache/companion/data``).
+Files are laid out as torchvision expects them: ``<root>/MNIST/raw/train-images-idx3-ubyte``
+and so on, and ``<root>/FashionMNIST/raw/...`` with the same file names.
+
+Datasets: LeCun et al. (1998) for MNIST, Xiao et al. (2017) for Fashion-MNIST.
+Explained in the chapter "MNIST in practice".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from .device import get_device
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "DATASETS",
+    "DEFAULT_DATA_DIR",
+    "CorruptDataError",
+    "DataNotFoundError",
+    "DatasetInfo",
+    "DeviceLoader",
+    "ImageSplit",
+    "RandomTranslate",
+    "data_root",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_mnist",
+    "random_translate",
+]
+
+#: Environment variable naming the data root.
+DATA_DIR_ENV = "COMPANION_DATA_DIR"
+#: Data root used when neither an argument nor ``COMPANION_DATA_DIR`` names one.
+DEFAULT_DATA_DIR = Path("~/.cache/companion/data").expanduser()
+
+_IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049  # IDX: 0x00000803 (uint8, 3 dims), 0x00000801 (uint8, 1 dim)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset files are not under the data root and could not be downloaded."""
+
+
+class CorruptDataError(ValueError):
+    """An IDX file is truncated or is not the IDX file it is named as."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the loader knows about one dataset.
+
+    Attributes:
+        name: the name used in this package (``"mnist"``, ``"fashion-mnist"``).
+        folder: torchvision's folder under the data root (``"MNIST"``, ``"FashionMNIST"``).
+        classes: class names, index = label.
+        mean: mean pixel value of the training images scaled to [0, 1].
+        std: standard deviation of those pixel values.
+    """
+
+    name: str
+    folder: str
+    classes: tuple[str, ...]
+    mean: float
+    std: float
+
+    def dataset_class(self) -> type[torchvision.datasets.MNIST]:
+        return getattr(torchvision.datasets, self.folder)
+
+
+#: The datasets this package loads. Mean and std are measured on the 60,000 training images.
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo("mnist", "MNIST", tuple(str(d) for d in range(10)), 0.1307, 0.3081),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", "FashionMNIST", tuple(torchvision.datasets.FashionMNIST.classes), 0.2860, 0.3530
+    ),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSplit:
+    """One split (train or test) of a dataset, held in memory.
+
+    Attributes:
+        name: dataset name, a key of :data:`DATASETS`.
+        train: ``True`` for the training split.
+        images: ``torch.uint8`` tensor of shape (N, 1, 28, 28), pixel values 0–255.
+        labels: ``torch.int64`` tensor of shape (N,), values 0–9.
+        classes: class names, index = label.
+        mean: training-set pixel mean on the [0, 1] scale (used for normalisation).
+        std: training-set pixel standard deviation on the [0, 1] scale.
+    """
+
+    name: str
+    train: bool
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    mean: float
+    std: float
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> ImageSplit:
+        """The first ``n`` samples as a new split (views, no copy)."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        return ImageSplit(self.name, self.train, self.images[:n], self.labels[:n], self.classes, self.mean, self.std)
+
+
+def data_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Resolve the data root: ``root`` > ``$COMPANION_DATA_DIR`` > :data:`DEFAULT_DATA_DIR`."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    return DEFAULT_DATA_DIR
+
+
+def _dataset_info(name: str) -> DatasetInfo:
+    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
+    if key == "fashionmnist":
+        key = "fashion-mnist"
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    return DATASETS[key]
+
+
+def _file_names(train: bool) -> tuple[str, str]:
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _check_idx(path: Path, magic: int) -> int:
+    """Check an IDX file's magic number and size; return its number of items."""
+    size = path.stat().st_size
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    with path.open("rb") as f:
+        head = f.read(header)
+    if len(head) < header:
+        raise CorruptDataError(f"{path} is truncated: {size} bytes, shorter than its {header}-byte IDX header")
+    found = int.from_bytes(head[:4], "big")
+    if found != magic:
+        raise CorruptDataError(f"{path} is not an IDX file of the expected kind: magic number {found}, expected {magic}")
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(torch.tensor(dims).prod())
+    if size != expected:
+        raise CorruptDataError(
+            f"{path} is truncated or corrupted: {size} bytes, expected {expected} for dimensions {tuple(dims)}"
+        )
+    return dims[0]
+
+
+def _missing_message(info: DatasetInfo, raw: Path, missing: list[str], reason: str) -> str:
+    return (
+        f"{info.folder} files not found in {raw} (missing: {', '.join(missing)}); {reason}. "
+        f"Put torchvision's raw IDX files there, point the environment variable {DATA_DIR_ENV} at a folder "
+        f"holding {info.folder}/raw/, or pass root=... (and download=True when online)."
+    )
+
+
+def load_dataset(
+    name: str, train: bool = True, root: str | os.PathLike[str] | None = None, download: bool = False
+) -> ImageSplit:
+    """Load a split of MNIST or Fashion-MNIST through :mod:`torchvision.datasets`.
+
+    Args:
+        name: ``"mnist"`` or ``"fashion-mnist"`` (case and ``_``/``-`` do not matter).
+        train: ``True`` for the 60,000 training images, ``False`` for the 10,000 test images.
+        root: data root; ``None`` means ``$COMPANION_DATA_DIR``, then :data:`DEFAULT_DATA_DIR`.
+        download: fetch the files with torchvision if, and only if, they are missing.
+
+    Returns:
+        An :class:`ImageSplit` with ``images`` uint8 (N, 1, 28, 28) in 0–255 and ``labels`` int64 (N,).
+
+    Raises:
+        ValueError: ``name`` is not a known dataset.
+        DataNotFoundError: the files are missing and ``download`` is ``False`` or the download failed.
+        CorruptDataError: a file is truncated or has the wrong IDX magic number.
+
+    Examples:
+        >>> test = load_mnist(train=False)  # doctest: +SKIP
+        >>> test.images.shape, test.labels[:3].tolist()  # doctest: +SKIP
+        (torch.Size([10000, 1, 28, 28]), [7, 2, 1])
+    """
+    info = _dataset_info(name)
+    root = data_root(root)
+    raw = root / info.folder / "raw"
+    names = _file_names(train)
+    missing = [n for n in names if not (raw / n).is_file()]
+    if missing and not download:
+        raise DataNotFoundError(_missing_message(info, raw, missing, "downloading was not allowed (download=False)"))
+    if missing:
+        try:
+            info.dataset_class()(root=str(root), train=train, download=True)
+        except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
+            raise DataNotFoundError(
+                _missing_message(info, raw, missing, f"the download failed ({type(err).__name__}: {err})")
+            ) from None
+    n_images = _check_idx(raw / names[0], _IMAGE_MAGIC)
+    n_labels = _check_idx(raw / names[1], _LABEL_MAGIC)
+    if n_images != n_labels:
+        raise CorruptDataError(f"{raw}: {n_images} images but {n_labels} labels")
+    dataset = info.dataset_class()(root=str(root), train=train, download=False)
+    images = dataset.data.unsqueeze(1).contiguous()  # (N, 28, 28) -> (N, 1, 28, 28)
+    labels = dataset.targets.to(torch.int64)
+    return ImageSplit(info.name, train, images, labels, info.classes, info.mean, info.std)
+
+
+def load_mnist(train: bool = True, root: str | os.PathLike[str] | None = None, download: bool = False) -> ImageSplit:
+    """MNIST (LeCun et al., 1998): :func:`load_dataset` with ``name="mnist"``."""
+    return load_dataset("mnist", train=train, root=root, download=download)
+
+
+def load_fashion_mnist(
+    train: bool = True, root: str | os.PathLike[str] | None = None, download: bool = False
+) -> ImageSplit:
+    """Fashion-MNIST (Xiao et al., 2017): :func:`load_dataset` with ``name="fashion-mnist"``."""
+    return load_dataset("fashion-mnist", train=train, root=root, download=download)
+
+
+def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image by its own random whole-pixel offset in [-max_shift, max_shift].
+
+    Borders are filled by replicating the edge pixels, which for MNIST-like images is
+    the background whatever the normalisation.
+
+    Args:
+        images: float tensor (B, C, H, W), on any device.
+        max_shift: largest shift in pixels, >= 0.
+        generator: CPU generator for the offsets (``None``: the global one).
+
+    Returns:
+        A new tensor, same shape, dtype and device; the input is not modified.
+
+    Raises:
+        ValueError: ``images`` is not 4-D or ``max_shift`` is negative.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0:
+        return images.clone()
+    B, C, H, W = images.shape
+    s, device = max_shift, images.device
+    padded = F.pad(images, (s, s, s, s), mode="replicate")  # (B, C, H + 2s, W + 2s)
+    offsets = torch.randint(0, 2 * s + 1, (2, B), generator=generator).to(device)
+    rows = torch.arange(H, device=device) + offsets[0, :, None]  # (B, H)
+    cols = torch.arange(W, device=device) + offsets[1, :, None]  # (B, W)
+    batch = torch.arange(B, device=device)[:, None, None]  # (B, 1, 1)
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+
+
+@dataclass(frozen=True)
+class RandomTranslate:
+    """Batch transform for :class:`DeviceLoader`: :func:`random_translate` with a fixed ``max_shift`` (pixels)."""
+
+    max_shift: int = 2
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return random_translate(images, self.max_shift, generator)
+
+
+class DeviceLoader:
+    """Batches from a split that lives, whole and normalised, on one device.
+
+    A torchvision ``DataLoader`` converts every image from PIL, one at a time, each
+    epoch. This loader converts the split once: ``x = (images / 255 - mean) / std`` as
+    float32 on ``device``; every batch is then an indexing operation on that tensor.
+    With ``shuffle=True`` each epoch draws a permutation from a CPU ``torch.Generator``
+    seeded with ``(seed, epoch)``, so the order is the same on every device and a run
+    resumed at epoch ``e`` (:meth:`set_epoch`) sees the batches an uninterrupted run would.
+
+    Args:
+        images: uint8 (N, C, H, W) in 0–255 (scaled to [0, 1] first) or float (N, C, H, W).
+        labels: integer tensor (N,).
+        batch_size: samples per batch, >= 1.
+        shuffle: draw a new order every epoch.
+        drop_last: drop the last batch if it has fewer than ``batch_size`` samples.
+        device: where the data lives (``None``: :func:`~companion.device.get_device`).
+        mean: subtracted after scaling (a dataset's :attr:`ImageSplit.mean`); 0 by default.
+        std: divides after subtracting ``mean``; 1 by default, must be > 0.
+        seed: seed of the shuffling and of ``transform``'s randomness.
+        transform: optional batch transform ``f(x, generator) -> x`` applied to every batch,
+            for example :class:`RandomTranslate`.
+
+    Raises:
+        ValueError: ``batch_size < 1``, ``std <= 0``, or images and labels of different lengths.
+
+    Examples:
+        >>> split = load_mnist(train=False)  # doctest: +SKIP
+        >>> loader = DeviceLoader.from_split(split, batch_size=256)  # doctest: +SKIP
+        >>> x, y = next(iter(loader))  # x: (256, 1, 28, 28) float32, y: (256,) int64  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        device: str | torch.device | None = None,
+        mean: float = 0.0,
+        std: float = 1.0,
+        seed: int = 0,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if std <= 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        if len(images) != len(labels):
+            raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
+        self.device = get_device(device)
+        x = images.to(self.device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        self.images = ((x - mean) / std).contiguous()  # (N, C, H, W) float32, normalised once
+        self.labels = labels.to(self.device, torch.int64)  # (N,)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.transform, self.epoch = seed, transform, 0
+
+    @classmethod
+    def from_split(cls, split: ImageSplit, batch_size: int, **kwargs) -> DeviceLoader:
+        """A loader over ``split`` normalised with the split's dataset mean and std."""
+        return cls(split.images, split.labels, batch_size, mean=split.mean, std=split.std, **kwargs)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch, counting a short last batch unless ``drop_last``."""
+        n = len(self.labels)
+        return n - n % self.batch_size if self.drop_last else n
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration use epoch ``epoch``'s order (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = epoch
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        generator = self._generator(epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator).to(self.device) if self.shuffle else None
+        for start in range(0, self.num_samples, self.batch_size):
+            if order is None:
+                x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+            else:
+                index = order[start : start + self.batch_size]
+                x, y = self.images[index], self.labels[index]  # (B, C, H, W), (B,)
+            if self.transform is not None:
+                x = self.transform(x, generator)
+            yield x, y

@@ -1,0 +1,121 @@
+"""Devices, seeds and mixed precision: the three things every chapter sets up first.
+
+The book runs the same code on CUDA, Apple's MPS and the CPU. :func:`get_device` picks
+one, :func:`seed_everything` makes a run repeatable and :func:`autocast` turns on
+bfloat16 mixed precision where it pays (CUDA) and does nothing elsewhere.
+Explained in the chapter "MNIST in practice".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+__all__ = ["DEVICE_ENV", "autocast", "get_device", "seed_everything"]
+
+#: Environment variable that overrides the automatic device choice (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+DEVICE_ENV = "COMPANION_DEVICE"
+
+
+def _available(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
+        return device.index is None or device.index < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return False
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """Return the device to compute on.
+
+    The choice, first match wins: the ``device`` argument, the environment variable
+    ``COMPANION_DEVICE``, then CUDA, MPS and the CPU, whichever is available first.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, a :class:`torch.device`,
+            or ``None`` for the automatic choice.
+
+    Returns:
+        A :class:`torch.device` that is available on this machine.
+
+    Raises:
+        ValueError: the requested name is not a device PyTorch knows.
+        RuntimeError: the requested device (argument or environment variable) is not
+            available here, for example ``cuda`` on a machine without a CUDA GPU.
+
+    Examples:
+        >>> get_device("cpu")
+        device(type='cpu')
+    """
+    source = "argument"
+    if device is None and os.environ.get(DEVICE_ENV):
+        device, source = os.environ[DEVICE_ENV], f"environment variable {DEVICE_ENV}"
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"expected a device name such as 'cpu', 'cuda', 'cuda:0' or 'mps' ({source}), got {device!r}"
+        ) from None
+    if not _available(chosen):
+        raise RuntimeError(
+            f"device {str(chosen)!r} was requested ({source}) but is not available on this machine; "
+            f"use 'cpu', or leave the device unset to pick the best available one"
+        )
+    return chosen
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and PyTorch (CPU and every CUDA device).
+
+    Args:
+        seed: a non-negative integer below 2**32.
+
+    Raises:
+        ValueError: ``seed`` is negative or not below 2**32.
+        TypeError: ``seed`` is not an integer.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, enabled: bool = True) -> Iterator[None]:
+    """Mixed precision that is bfloat16 on CUDA and a no-op elsewhere.
+
+    bfloat16 keeps float32's exponent range, so no gradient scaler is needed
+    (Micikevicius et al., 2018, describe the float16 case that does need one).
+
+    Args:
+        device: the device the model runs on.
+        enabled: ``False`` turns the context into a no-op everywhere.
+
+    Examples:
+        >>> with autocast("cpu"):
+        ...     y = torch.ones(2) * 2  # float32: autocast is off on the CPU
+    """
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield

@@ -1,0 +1,397 @@
+"""Training and evaluation loops, training history and checkpoints.
+
+The loop is pytorch/examples' MNIST loop made explicit about devices, with per-sample
+averaging, a non-finite-loss guard and atomic, resumable checkpoints.
+Explained in the chapter "MNIST in practice".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .device import autocast
+
+__all__ = [
+    "History",
+    "Metrics",
+    "NonFiniteLossError",
+    "confusion_matrix",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Loss and accuracy averaged over samples.
+
+    Attributes:
+        loss: mean cross-entropy per sample (nats).
+        accuracy: fraction of samples classified correctly, in [0, 1].
+        num_samples: number of samples averaged over.
+    """
+
+    loss: float
+    accuracy: float
+    num_samples: int
+
+
+@dataclass
+class History:
+    """Per-epoch record of a :func:`fit` run; every list has one entry per epoch.
+
+    Attributes:
+        epoch: epoch numbers, starting at 1.
+        train_loss: mean training loss per sample, as optimised (including label smoothing).
+        train_accuracy: training accuracy in [0, 1], measured on the fly in training mode.
+        val_loss: validation loss per sample (NaN when no validation data was given).
+        val_accuracy: validation accuracy in [0, 1] (NaN when no validation data was given).
+        seconds: wall-clock seconds of the epoch's training steps (validation excluded).
+        lr: learning rate of the first parameter group at the end of the epoch.
+    """
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    @property
+    def total_seconds(self) -> float:
+        """Training seconds summed over epochs."""
+        return float(sum(self.seconds))
+
+    def to_dict(self) -> dict[str, list]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list]) -> History:
+        return cls(**{k: list(v) for k, v in data.items()})
+
+
+def evaluate(model: nn.Module, loader: Batches, device: torch.device | str) -> Metrics:
+    """Cross-entropy and accuracy of ``model`` over every sample of ``loader``.
+
+    Runs in ``eval()`` mode under :func:`torch.inference_mode` and restores the
+    model's previous mode. Sums per-sample losses, so a short last batch weighs by its size.
+
+    Args:
+        model: returns logits (B, K) for inputs (B, ...).
+        loader: iterable of ``(x, y)`` batches, ``y`` int64 (B,) class indices.
+        device: where the model is; batches are moved there.
+
+    Returns:
+        :class:`Metrics` averaged over samples.
+
+    Raises:
+        ValueError: the loader yields no samples.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = None
+    count = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x).float()  # (B, K)
+            batch_loss = F.cross_entropy(logits, y, reduction="sum")
+            batch_correct = (logits.argmax(1) == y).sum()
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            correct = batch_correct if correct is None else correct + batch_correct
+            count += len(y)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate() got a loader with no samples")
+    return Metrics(loss=loss_sum.item() / count, accuracy=correct.item() / count, num_samples=count)
+
+
+def predict(model: nn.Module, loader: Batches, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for every sample of ``loader``, on the CPU.
+
+    Returns:
+        ``(logits, labels)``: float32 (N, K) and int64 (N,), in the loader's order.
+    """
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    with torch.inference_mode():
+        for x, y in loader:
+            logits.append(model(x.to(device)).float().cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Count matrix ``C[i, j]`` = number of samples of true class ``i`` predicted as ``j``.
+
+    Args:
+        predictions: int64 (N,) predicted classes in [0, num_classes).
+        labels: int64 (N,) true classes in [0, num_classes).
+        num_classes: K.
+
+    Returns:
+        int64 (K, K) on the inputs' device; rows sum to the class counts.
+
+    Raises:
+        ValueError: shapes differ or a value lies outside [0, num_classes).
+    """
+    if predictions.shape != labels.shape or predictions.ndim != 1:
+        raise ValueError(
+            f"expected predictions and labels of the same shape (N,), got {tuple(predictions.shape)} and {tuple(labels.shape)}"
+        )
+    for name, t in (("predictions", predictions), ("labels", labels)):
+        if len(t) and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+            raise ValueError(f"{name} must lie in [0, {num_classes}), got values in [{int(t.min())}, {int(t.max())}]")
+    flat = labels.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    epoch: int = 0,
+    history: History | None = None,
+) -> Path:
+    """Write a checkpoint atomically: to a temporary file in the same folder, then renamed.
+
+    The file holds only tensors, numbers, strings, lists and dicts, so it loads with
+    ``torch.load(path, weights_only=True)``. Tensors are saved from the CPU, so a
+    checkpoint written on a GPU loads on a CPU-only machine.
+
+    Args:
+        path: destination file; its folder is created if missing.
+        model: its ``state_dict()`` is saved.
+        optimizer, scheduler: their ``state_dict()`` are saved when given.
+        epoch: number of completed epochs.
+        history: the :class:`History` so far.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": _to_cpu(model.state_dict()),
+        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "history": (history or History()).to_dict(),
+        "torch_rng_state": torch.get_rng_state(),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> tuple[int, History]:
+    """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and optimizer, scheduler).
+
+    Loads with ``weights_only=True`` onto the CPU; ``load_state_dict`` then copies
+    the tensors to wherever ``model`` and ``optimizer`` live. Also restores the CPU
+    random-number state, so a resumed run continues as an uninterrupted one would.
+
+    Returns:
+        ``(epoch, history)``: completed epochs and the :class:`History` so far.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a checkpoint of this package.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not {"model", "epoch", "history"} <= state.keys():
+        raise ValueError(f"{path} is not a companion checkpoint (expected keys model, epoch, history)")
+    model.load_state_dict(state["model"])
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if state.get("torch_rng_state") is not None:
+        torch.set_rng_state(state["torch_rng_state"])
+    return state["epoch"], History.from_dict(state["history"])
+
+
+def _raise_if_non_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
+    """Check a window of per-step losses with one device sync; name the first bad step."""
+    finite = torch.isfinite(torch.stack(losses))
+    if not bool(finite.all()):
+        step = first_step + int((~finite).nonzero()[0])
+        raise NonFiniteLossError(
+            f"training loss became {losses[step - first_step].item()} at epoch {epoch}, step {step} "
+            f"(1-based); lower the learning rate or check the inputs"
+        )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Batches,
+    *,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    device: torch.device | str,
+    loss_fn: LossFn | None = None,
+    val_loader: Batches | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scheduler_interval: Literal["step", "epoch"] = "step",
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    mixed_precision: bool = False,
+    progress: bool = True,
+    check_every: int = 25,
+    on_epoch_end: Callable[[History], None] | None = None,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
+
+    Each step: forward in ``train()`` mode, ``loss_fn(logits, y)``, backward, optimizer
+    step, then the scheduler when ``scheduler_interval="step"`` (for example
+    ``OneCycleLR``); ``"epoch"`` steps it once per epoch (for example ``StepLR``).
+    Validation runs :func:`evaluate` after every epoch. Losses stay on the device and are
+    checked for NaN/inf every ``check_every`` steps and at the end of each epoch, so the
+    loop syncs with a GPU rarely; a non-finite loss stops training with an error naming the
+    epoch and the first bad step.
+
+    Args:
+        model: returns logits (B, K); already on ``device``.
+        train_loader: iterable of ``(x, y)`` batches; if it has ``set_epoch`` (as
+            :class:`~companion.data.DeviceLoader`), it is called with the 0-based epoch.
+        optimizer: optimizer over ``model``'s parameters.
+        epochs: total number of epochs (a resumed run counts the epochs already done).
+        device: where batches are moved.
+        loss_fn: ``loss_fn(logits, y)`` → scalar mean loss; default cross-entropy.
+        val_loader: optional validation batches.
+        scheduler: optional learning-rate scheduler.
+        scheduler_interval: ``"step"`` or ``"epoch"``, when ``scheduler.step()`` is called.
+        checkpoint_path: if given, a checkpoint is written there after every epoch.
+        resume: continue from ``checkpoint_path`` if that file exists.
+        mixed_precision: run forward passes under :func:`~companion.device.autocast`
+            (bfloat16 on CUDA, no effect elsewhere).
+        progress: show a tqdm progress bar on stderr.
+        check_every: steps between NaN/inf checks (>= 1).
+        on_epoch_end: called with the updated :class:`History` after every epoch
+            (after the checkpoint is written), for example to print a line.
+
+    Returns:
+        The :class:`History`, including epochs restored from a checkpoint.
+
+    Raises:
+        ValueError: ``epochs < 0``, ``check_every < 1``, ``resume`` without ``checkpoint_path``,
+            or an unknown ``scheduler_interval``.
+        NonFiniteLossError: the training loss became NaN or infinite.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    if scheduler_interval not in ("step", "epoch"):
+        raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs a checkpoint_path")
+    loss_fn = loss_fn or F.cross_entropy
+    history, start = History(), 0
+    if resume and Path(checkpoint_path).is_file():
+        start, history = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
+    for epoch in range(start, epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        model.train()
+        losses: list[torch.Tensor] = []
+        loss_sum = correct = torch.zeros((), device=device)
+        count, checked = 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        started = time.perf_counter()
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, enabled=mixed_precision):
+                logits = model(x)  # (B, K)
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None and scheduler_interval == "step":
+                scheduler.step()
+            losses.append(loss.detach())
+            loss_sum = loss_sum + loss.detach() * len(y)
+            correct = correct + (logits.detach().argmax(1) == y).sum()
+            count += len(y)
+            if len(losses) - checked == check_every:
+                _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
+                checked = len(losses)
+                bar.set_postfix(loss=f"{losses[-1].item():.4f}", refresh=False)
+        if len(losses) > checked:
+            _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
+        if _is_cuda(device):
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        val = evaluate(model, val_loader, device) if val_loader is not None else None
+        history.epoch.append(epoch + 1)
+        history.train_loss.append(loss_sum.item() / max(count, 1))
+        history.train_accuracy.append(correct.item() / max(count, 1))
+        history.val_loss.append(val.loss if val else math.nan)
+        history.val_accuracy.append(val.accuracy if val else math.nan)
+        history.seconds.append(seconds)
+        history.lr.append(float(optimizer.param_groups[0]["lr"]))
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
+        if on_epoch_end is not None:
+            on_epoch_end(history)
+    return history
+
+
+def _is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
