@@ -19,13 +19,14 @@ from .data import (
     random_translate,
 )
 from .device import autocast, get_device, seed_everything
-from .recipes import ARTICLE, IMPROVED, TrainConfig, train
+from .recipes import ARTICLE, FAST, IMPROVED, TrainConfig, train
 from .train import History, Metrics, confusion_matrix, evaluate, fit, load_checkpoint, predict, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARTICLE",
+    "FAST",
     "IMPROVED",
     "BatchNormCNN",
     "DeviceLoader",

@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from .data import CorruptDataError, DataNotFoundError
-from .recipes import ARTICLE, IMPROVED, MODELS, TrainConfig, train
+from .recipes import ARTICLE, FAST, IMPROVED, MODELS, TrainConfig, train
 from .train import History, NonFiniteLossError
 
 __all__ = ["build_parser", "main"]
 
-RECIPES = {"default": TrainConfig(), "article": ARTICLE, "improved": IMPROVED}
+RECIPES = {"default": TrainConfig(), "article": ARTICLE, "improved": IMPROVED, "fast": FAST}
 
 
 def _positive_int(text: str) -> int:
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("train", help="train a model on MNIST or Fashion-MNIST and report test accuracy")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                   help="base settings: default (SeedCNN, SGD lr 0.01), article (lr 0.001) or improved")
+                   help="base settings: default (SeedCNN, SGD lr 0.01), article (lr 0.001), improved or fast")
     p.add_argument("--model", choices=sorted(MODELS), help="network (default: the recipe's)")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="dataset (default: mnist)")
     p.add_argument("--epochs", type=_positive_int, help="passes over the training set")

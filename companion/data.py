@@ -198,7 +198,8 @@ def load_dataset(
     root = data_root(root)
     raw = root / info.folder / "raw"
     names = _file_names(train)
-    missing = [n for n in names if not (raw / n).is_file()]
+    # torchvision's dataset classes refuse to load either split unless the files of both are present.
+    missing = [n for n in (*_file_names(True), *_file_names(False)) if not (raw / n).is_file()]
     if missing and not download:
         raise DataNotFoundError(_missing_message(info, raw, missing, "downloading was not allowed (download=False)"))
     if missing:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -22,10 +23,14 @@ from .data import DATASETS, DeviceLoader, RandomTranslate, load_dataset
 from .device import get_device, seed_everything
 from .train import History, Metrics, evaluate, fit
 
-__all__ = ["ARTICLE", "IMPROVED", "MODELS", "TrainConfig", "TrainResult", "build_model", "build_optimizer", "train"]
+__all__ = ["ARTICLE", "FAST", "IMPROVED", "MODELS", "TrainConfig", "TrainResult", "build_model", "build_optimizer", "train"]
 
 #: Model names accepted by :func:`build_model` and the command line.
-MODELS: dict[str, type[nn.Module]] = {"seed-cnn": SeedCNN, "bn-cnn": BatchNormCNN}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "seed-cnn": SeedCNN,
+    "bn-cnn": BatchNormCNN,  # channels (32, 64)
+    "bn-cnn-small": partial(BatchNormCNN, channels=(16, 32)),
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class TrainConfig:
     """Settings of one training run; every field has its unit or range.
 
     Attributes:
-        model: a key of :data:`MODELS` (``"seed-cnn"``, ``"bn-cnn"``).
+        model: a key of :data:`MODELS` (``"seed-cnn"``, ``"bn-cnn"``, ``"bn-cnn-small"``).
         dataset: ``"mnist"`` or ``"fashion-mnist"``.
         epochs: passes over the 60,000 training images.
         batch_size: samples per optimizer step.
@@ -88,7 +93,7 @@ ARTICLE = TrainConfig(model="seed-cnn", epochs=10, batch_size=64, lr=0.001, opti
 #: The chapter's improved recipe: BatchNormCNN, AdamW + one-cycle, label smoothing 0.1, shifts of up to 2 pixels.
 IMPROVED = TrainConfig(
     model="bn-cnn",
-    epochs=3,
+    epochs=2,
     batch_size=128,
     lr=0.01,
     optimizer="adamw",
@@ -96,6 +101,20 @@ IMPROVED = TrainConfig(
     schedule="one-cycle",
     label_smoothing=0.1,
     max_shift=2,
+    channels_last=True,
+)
+
+
+#: The fastest route to 99 % on a CPU that the benchmark found: half-width BatchNormCNN, one epoch, no shifts.
+FAST = TrainConfig(
+    model="bn-cnn-small",
+    epochs=1,
+    batch_size=128,
+    lr=0.02,
+    optimizer="adamw",
+    weight_decay=5e-4,
+    schedule="one-cycle",
+    label_smoothing=0.1,
     channels_last=True,
 )
 

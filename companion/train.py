@@ -69,7 +69,7 @@ class History:
         val_loss: validation loss per sample (NaN when no validation data was given).
         val_accuracy: validation accuracy in [0, 1] (NaN when no validation data was given).
         seconds: wall-clock seconds of the epoch's training steps (validation excluded).
-        lr: learning rate of the first parameter group at the end of the epoch.
+        lr: learning rate of the first parameter group in the epoch's last optimizer step.
     """
 
     epoch: list[int] = field(default_factory=list)
@@ -117,16 +117,18 @@ def evaluate(model: nn.Module, loader: Batches, device: torch.device | str) -> M
     model.eval()
     loss_sum = correct = None
     count = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x).float()  # (B, K)
-            batch_loss = F.cross_entropy(logits, y, reduction="sum")
-            batch_correct = (logits.argmax(1) == y).sum()
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = batch_correct if correct is None else correct + batch_correct
-            count += len(y)
-    model.train(was_training)
+    try:
+        with torch.inference_mode():
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                logits = model(x).float()  # (B, K)
+                batch_loss = F.cross_entropy(logits, y, reduction="sum")
+                batch_correct = (logits.argmax(1) == y).sum()
+                loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+                correct = batch_correct if correct is None else correct + batch_correct
+                count += len(y)
+    finally:
+        model.train(was_training)  # also when the model or the loader raises
     if count == 0:
         raise ValueError("evaluate() got a loader with no samples")
     return Metrics(loss=loss_sum.item() / count, accuracy=correct.item() / count, num_samples=count)
@@ -137,15 +139,22 @@ def predict(model: nn.Module, loader: Batches, device: torch.device | str) -> tu
 
     Returns:
         ``(logits, labels)``: float32 (N, K) and int64 (N,), in the loader's order.
+
+    Raises:
+        ValueError: the loader yields no batches.
     """
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    with torch.inference_mode():
-        for x, y in loader:
-            logits.append(model(x.to(device)).float().cpu())
-            labels.append(y.cpu())
-    model.train(was_training)
+    try:
+        with torch.inference_mode():
+            for x, y in loader:
+                logits.append(model(x.to(device)).float().cpu())
+                labels.append(y.cpu())
+    finally:
+        model.train(was_training)  # also when the model or the loader raises
+    if not labels:
+        raise ValueError("predict() got a loader with no samples")
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -252,7 +261,11 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch.save file: UnpicklingError, EOFError, KeyError, RuntimeError, ...
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} is not a companion checkpoint: torch.load failed ({type(err).__name__}: {reason})") from err
     if not isinstance(state, dict) or not {"model", "epoch", "history"} <= state.keys():
         raise ValueError(f"{path} is not a companion checkpoint (expected keys model, epoch, history)")
     model.load_state_dict(state["model"])
@@ -360,6 +373,7 @@ def fit(
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr = float(optimizer.param_groups[0]["lr"])
             optimizer.step()
             if scheduler is not None and scheduler_interval == "step":
                 scheduler.step()
@@ -385,7 +399,7 @@ def fit(
         history.val_loss.append(val.loss if val else math.nan)
         history.val_accuracy.append(val.accuracy if val else math.nan)
         history.seconds.append(seconds)
-        history.lr.append(float(optimizer.param_groups[0]["lr"]))
+        history.lr.append(lr if count else float(optimizer.param_groups[0]["lr"]))
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
         if on_epoch_end is not None:

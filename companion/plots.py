@@ -1,0 +1,120 @@
+"""Figures the chapters draw: learning curves, image grids and confusion matrices.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so
+nothing is shown twice in a notebook and nothing is left open in a script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from matplotlib.figure import Figure
+
+from .train import History
+
+__all__ = ["plot_confusion_matrix", "plot_history", "show_images"]
+
+_LABELS = {
+    "train_loss": "training loss",
+    "train_accuracy": "training accuracy",
+    "val_loss": "test loss",
+    "val_accuracy": "test accuracy",
+}
+
+
+def plot_history(
+    histories: Mapping[str, History] | History, metrics: Sequence[str] = ("train_loss", "val_accuracy")
+) -> Figure:
+    """Learning curves: one panel per metric, one line per run, against the epoch.
+
+    Args:
+        histories: a :class:`~companion.train.History`, or ``{run name: History}``.
+        metrics: :class:`History` fields to draw (``train_loss``, ``train_accuracy``,
+            ``val_loss``, ``val_accuracy``).
+
+    Raises:
+        ValueError: an unknown metric name, or no histories.
+    """
+    if isinstance(histories, History):
+        histories = {"run": histories}
+    if not histories:
+        raise ValueError("plot_history() needs at least one History")
+    unknown = [m for m in metrics if m not in _LABELS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; expected some of {sorted(_LABELS)}")
+    fig = Figure(figsize=(4.5 * len(metrics), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for name, history in histories.items():
+            ax.plot(history.epoch, getattr(history, metric), marker="o", markersize=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(_LABELS[metric])
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    return fig
+
+
+def show_images(
+    images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 8, title_colors: Sequence[str] | None = None
+) -> Figure:
+    """A grid of grayscale images with optional titles.
+
+    Args:
+        images: (N, 1, H, W) or (N, H, W), any dtype; each image is scaled to its own range.
+        titles: N strings, one per image.
+        ncols: images per row.
+        title_colors: N matplotlib colours for the titles (for example green/red for right/wrong).
+
+    Raises:
+        ValueError: wrong shape, or ``titles``/``title_colors`` of a different length than ``images``.
+    """
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3 or len(images) == 0:
+        raise ValueError(f"expected images of shape (N, 1, H, W) or (N, H, W) with N >= 1, got {tuple(images.shape)}")
+    for name, seq in (("titles", titles), ("title_colors", title_colors)):
+        if seq is not None and len(seq) != len(images):
+            raise ValueError(f"{name} has {len(seq)} entries for {len(images)} images")
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(1.25 * ncols, 1.45 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].detach().float().cpu().numpy(), cmap="gray")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=9, color=title_colors[i] if title_colors else "black")
+    return fig
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str]) -> Figure:
+    """Draw a (K, K) confusion matrix (rows: true class, columns: predicted), counts in the cells.
+
+    The colour scale is logarithmic so the few mistakes stay visible next to the large diagonal.
+
+    Raises:
+        ValueError: ``matrix`` is not (K, K) with K = ``len(classes)``.
+    """
+    K = len(classes)
+    if tuple(matrix.shape) != (K, K):
+        raise ValueError(f"expected a ({K}, {K}) matrix for {K} classes, got {tuple(matrix.shape)}")
+    from matplotlib.colors import LogNorm
+
+    counts = matrix.detach().cpu().numpy()
+    fig = Figure(figsize=(5.6, 4.8), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(counts + 1, cmap="Blues", norm=LogNorm())
+    for i in range(K):
+        for j in range(K):
+            if counts[i, j]:
+                color = "white" if i == j else "black"
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(K), classes, rotation=45 if max(map(len, classes)) > 2 else 0)
+    ax.set_yticks(range(K), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label="count + 1 (log scale)")
+    return fig

@@ -1,0 +1,86 @@
+"""Shared fixtures: the data root, the real MNIST / Fashion-MNIST splits, a clean environment.
+
+Data-dependent tests find the raw IDX files where the package does: ``COMPANION_DATA_DIR``
+(CI points it at the read-only data folder), else the package's default folder. Without
+the files they are skipped with the reason, except under CI (``CI`` set), where a missing
+dataset must fail the run rather than hide the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from companion.data import DATA_DIR_ENV, ImageSplit, data_root, load_dataset
+from companion.device import DEVICE_ENV
+
+# Captured at import, before the autouse fixture below removes the variable from each test's environment.
+_DATA_DIR = data_root()
+
+# One intra-op thread: the tests run tiny batches, where threads cost more than they gain, and on a
+# busy 2-core runner (another job training) two threads made a training step 10-20x slower than one.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without COMPANION_DEVICE / COMPANION_DATA_DIR; tests that need them set them."""
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data root (``COMPANION_DATA_DIR`` or the default); skips the test when the files are missing."""
+    root = Path(_DATA_DIR).expanduser().resolve()  # CI passes a path relative to the repository
+    wanted = [root / folder / "raw" / "t10k-labels-idx1-ubyte" for folder in ("MNIST", "FashionMNIST")]
+    if not all(path.is_file() for path in wanted):
+        message = f"needs the MNIST and Fashion-MNIST raw files under {root}: set {DATA_DIR_ENV} to the data root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_train(data_dir: Path) -> ImageSplit:
+    return load_dataset("mnist", train=True, root=data_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(data_dir: Path) -> ImageSplit:
+    return load_dataset("mnist", train=False, root=data_dir)
+
+
+@pytest.fixture(scope="session")
+def fashion_train(data_dir: Path) -> ImageSplit:
+    return load_dataset("fashion-mnist", train=True, root=data_dir)
+
+
+@pytest.fixture(scope="session")
+def fashion_test(data_dir: Path) -> ImageSplit:
+    return load_dataset("fashion-mnist", train=False, root=data_dir)
+
+
+@pytest.fixture
+def small_data(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    """Make :func:`companion.recipes.train` (and so the command line) see 256 training and 200 test images.
+
+    The recipes and the CLI have no subset option; this keeps their tests to a second or two.
+    A ``root`` passed explicitly (``--data-dir``) is still honoured.
+    """
+    import companion.recipes
+
+    def head_of_dataset(name: str, train: bool = True, root=None, download: bool = False) -> ImageSplit:
+        split = load_dataset(name, train=train, root=data_dir if root is None else root, download=download)
+        return split.head(256 if train else 200)
+
+    monkeypatch.setattr(companion.recipes, "load_dataset", head_of_dataset)
+
+
+@pytest.fixture
+def cpu() -> torch.device:
+    return torch.device("cpu")

@@ -1,0 +1,191 @@
+"""companion.device: get_device's precedence and errors, seed_everything, autocast."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from companion.device import DEVICE_ENV, autocast, get_device, seed_everything
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend this machine has neither CUDA nor MPS."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend this machine has exactly one CUDA GPU (get_device only asks, it allocates nothing)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+# --- get_device: precedence -------------------------------------------------------------
+
+
+def test_get_device_argument(no_accelerator):
+    assert get_device("cpu") == torch.device("cpu")
+    assert get_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_get_device_auto_without_accelerator_is_cpu(no_accelerator):
+    assert get_device() == torch.device("cpu")
+
+
+def test_get_device_auto_prefers_cuda(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert get_device() == torch.device("cuda")
+
+
+def test_get_device_auto_mps_before_cpu(no_accelerator, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert get_device() == torch.device("mps")
+
+
+def test_get_device_env_beats_auto(fake_cuda, monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert get_device() == torch.device("cpu")  # auto would have chosen CUDA
+
+
+def test_get_device_argument_beats_env(no_accelerator, monkeypatch):
+    # The environment names a device that is not available: consulting it would raise.
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    assert get_device("cpu") == torch.device("cpu")
+
+
+def test_get_device_empty_env_means_auto(no_accelerator, monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "")
+    assert get_device() == torch.device("cpu")
+
+
+def test_get_device_cuda_index(fake_cuda):
+    assert get_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(RuntimeError, match="cuda:1"):
+        get_device("cuda:1")  # only one GPU
+
+
+# --- get_device: errors -----------------------------------------------------------------
+
+
+def test_get_device_cuda_unavailable_raises(no_accelerator):
+    with pytest.raises(RuntimeError) as info:
+        get_device("cuda")
+    message = str(info.value)
+    assert "'cuda'" in message and "not available" in message and "argument" in message
+
+
+def test_get_device_mps_unavailable_raises(no_accelerator):
+    with pytest.raises(RuntimeError, match="'mps'.*not available"):
+        get_device("mps")
+
+
+def test_get_device_env_unavailable_raises_and_names_variable(no_accelerator, monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    with pytest.raises(RuntimeError, match=DEVICE_ENV):
+        get_device()
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "", "cpu cpu"])
+def test_get_device_bad_name_raises_value_error(name, no_accelerator):
+    with pytest.raises(ValueError) as info:
+        get_device(name)
+    assert repr(name) in str(info.value)
+    assert info.value.__cause__ is None  # raised `from None`: no chained PyTorch error
+
+
+def test_get_device_bad_env_name_raises_value_error(no_accelerator, monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "tpu9")
+    with pytest.raises(ValueError) as info:
+        get_device()
+    assert "'tpu9'" in str(info.value) and DEVICE_ENV in str(info.value)
+
+
+@cuda_only
+def test_get_device_real_cuda():
+    device = get_device("cuda")
+    assert device.type == "cuda"
+    assert torch.zeros(1, device=device).is_cuda
+
+
+# --- seed_everything --------------------------------------------------------------------
+
+
+def _draw() -> tuple[float, float, torch.Tensor]:
+    return random.random(), float(np.random.rand()), torch.rand(5)
+
+
+def test_seed_everything_repeats_every_generator():
+    seed_everything(1234)
+    first = _draw()
+    seed_everything(1234)
+    second = _draw()
+    assert first[0] == second[0]
+    assert first[1] == second[1]
+    assert torch.equal(first[2], second[2])
+
+
+def test_seed_everything_different_seeds_differ():
+    seed_everything(1)
+    a = _draw()
+    seed_everything(2)
+    b = _draw()
+    assert a[0] != b[0] and a[1] != b[1] and not torch.equal(a[2], b[2])
+
+
+def test_seed_everything_matches_each_library_seeded_directly():
+    seed_everything(7)
+    ours = _draw()
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    reference = _draw()
+    assert ours[:2] == reference[:2] and torch.equal(ours[2], reference[2])
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1])
+def test_seed_everything_accepts_range_ends(seed):
+    seed_everything(seed)
+    assert torch.initial_seed() == seed
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**40])
+def test_seed_everything_out_of_range_raises_value_error(seed):
+    with pytest.raises(ValueError, match=str(seed)):
+        seed_everything(seed)
+
+
+@pytest.mark.parametrize("seed", [1.0, 1.5, "3", None, True])
+def test_seed_everything_non_int_raises_type_error(seed):
+    with pytest.raises(TypeError, match="seed must be an int"):
+        seed_everything(seed)
+
+
+# --- autocast ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
+def test_autocast_is_a_no_op_on_cpu(device):
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast(device):
+        y = a @ b
+        assert not torch.is_autocast_enabled("cpu")
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, a @ b, rtol=0, atol=0)
+
+
+@cuda_only
+def test_autocast_is_bfloat16_on_cuda():
+    a, b = torch.randn(4, 8, device="cuda"), torch.randn(8, 3, device="cuda")
+    with autocast("cuda"):
+        y = a @ b
+    assert y.dtype == torch.bfloat16
+    with autocast("cuda", enabled=False):
+        z = a @ b
+    assert z.dtype == torch.float32
