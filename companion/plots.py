@@ -50,7 +50,9 @@ def plot_history(
             ax.plot(history.epoch, getattr(history, metric), marker="o", markersize=3, label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(_LABELS[metric])
-        ax.grid(alpha=0.3)
+        if metric.endswith("loss"):
+            ax.set_yscale("log")  # losses fall by orders of magnitude
+        ax.grid(alpha=0.3, which="both")
     axes[0].legend()
     return fig
 
