@@ -1,6 +1,12 @@
-"""Convolutional networks for 28×28 images: the article's network and a faster, better one.
+"""Convolutional networks: convolution and pooling from their definitions, and two MNIST networks.
 
-Chapter "MNIST in practice" trains both; chapter "Convolutional networks" takes them apart.
+Reading order: the output-size formula; 2-D cross-correlation and true convolution written
+as loops over kernel offsets (single channel); the batched, multi-channel layer
+:func:`conv2d` as a matrix product over unfolded patches (im2col); max and average
+pooling; then the article's network and a faster, better one.
+
+Chapter "Convolutional networks" derives the operations and proves them equal to
+PyTorch's; chapter "MNIST in practice" trains the networks.
 """
 
 from __future__ import annotations
@@ -9,7 +15,255 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BatchNormCNN", "SeedCNN", "check_image_shape"]
+__all__ = [
+    "BatchNormCNN",
+    "SeedCNN",
+    "avg_pool2d",
+    "check_image_shape",
+    "conv2d",
+    "conv_output_size",
+    "convolve2d",
+    "cross_correlate2d",
+    "max_pool2d",
+]
+
+IntPair = int | tuple[int, int]
+
+
+def _pair(value: IntPair, name: str, minimum: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    r"""Output length of a convolution or pooling along one spatial axis.
+
+    .. math:: H_\text{out} = \left\lfloor \frac{H + 2p - d(k - 1) - 1}{s} \right\rfloor + 1
+
+    the formula of ``nn.Conv2d``'s documentation (``ceil_mode=False`` for pooling).
+
+    Args:
+        size: input length H >= 1 (pixels).
+        kernel_size: k >= 1.
+        stride: s >= 1.
+        padding: p >= 0 on each side.
+        dilation: d >= 1 (spacing between kernel taps).
+
+    Returns:
+        The output length, >= 1.
+
+    Raises:
+        ValueError: an argument out of range, or the dilated kernel d(k − 1) + 1 longer than the padded input.
+
+    Examples:
+        >>> conv_output_size(28, 5), conv_output_size(28, 3, stride=2, padding=1)
+        (24, 14)
+    """
+    for name, value, minimum in [("size", size, 1), ("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                                 ("padding", padding, 0), ("dilation", dilation, 1)]:  # fmt: skip
+        _pair(value, name, minimum)
+    span = dilation * (kernel_size - 1) + 1
+    if size + 2 * padding < span:
+        raise ValueError(
+            f"kernel spans {span} pixels (kernel_size={kernel_size}, dilation={dilation}) but the padded input "
+            f"has only {size + 2 * padding} (size={size}, padding={padding})"
+        )
+    return (size + 2 * padding - span) // stride + 1
+
+
+def _check_2d(image: torch.Tensor, kernel: torch.Tensor) -> tuple[int, int]:
+    if image.ndim != 2 or kernel.ndim != 2:
+        raise ValueError(
+            f"expected a 2-D image (H, W) and a 2-D kernel (kH, kW), got {tuple(image.shape)} and {tuple(kernel.shape)}"
+        )
+    H, W = image.shape
+    kH, kW = kernel.shape
+    if kH > H or kW > W:
+        raise ValueError(f"kernel {tuple(kernel.shape)} is larger than the image {tuple(image.shape)}")
+    return H - kH + 1, W - kW + 1
+
+
+def cross_correlate2d(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    r"""2-D cross-correlation of one image with one kernel, no padding ("valid"): what ``nn.Conv2d`` computes.
+
+    .. math:: Y(x, y) = \sum_{i=0}^{k_H-1} \sum_{j=0}^{k_W-1} X(x + i, y + j)\, K(i, j)
+
+    Written as a loop over kernel offsets (i, j): each weight multiplies a shifted copy of the image.
+
+    Shape:
+        image (H, W), kernel (kH, kW) → (H − kH + 1, W − kW + 1).
+
+    Raises:
+        ValueError: not 2-D, or the kernel larger than the image.
+    """
+    H_out, W_out = _check_2d(image, kernel)
+    out = image.new_zeros(H_out, W_out)
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            out = out + kernel[i, j] * image[i : i + H_out, j : j + W_out]  # X(x + i, y + j) K(i, j)
+    return out
+
+
+def convolve2d(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    r"""True 2-D convolution, no padding ("valid"): the kernel is flipped, as in the source article's formula.
+
+    .. math:: Y(x, y) = \sum_{i=0}^{k_H-1} \sum_{j=0}^{k_W-1} X(x - i, y - j)\, K(i, j)
+
+    with the output indexed from the first position where the kernel fits, x = k_H − 1, …, H − 1.
+    It equals :func:`cross_correlate2d` with the kernel flipped in both axes.
+
+    Shape:
+        image (H, W), kernel (kH, kW) → (H − kH + 1, W − kW + 1).
+
+    Raises:
+        ValueError: not 2-D, or the kernel larger than the image.
+    """
+    H_out, W_out = _check_2d(image, kernel)
+    kH, kW = kernel.shape
+    out = image.new_zeros(H_out, W_out)
+    for i in range(kH):
+        for j in range(kW):
+            # output row r is x = r + kH - 1, so X(x - i) is row r + kH - 1 - i
+            out = out + kernel[i, j] * image[kH - 1 - i : kH - 1 - i + H_out, kW - 1 - j : kW - 1 - j + W_out]
+    return out
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    r"""Batched, multi-channel 2-D cross-correlation, equal to :func:`torch.nn.functional.conv2d`.
+
+    .. math:: Y_{b,o}(x, y) = \beta_o + \sum_{c} \sum_{i,j} X_{b,c}(s x + d i - p,\; s y + d j - p)\, W_{o,c}(i, j)
+
+    summing over the input channels c of output channel o's group. :func:`torch.nn.functional.unfold`
+    copies every receptive field into a column (im2col), so the triple sum over (c, i, j) becomes
+    one matrix product between the flattened kernels and those columns; the same sum, regrouped.
+
+    Args:
+        input: (B, C_in, H, W).
+        weight: (C_out, C_in / groups, kH, kW).
+        bias: (C_out,) or ``None``.
+        stride, padding, dilation: int or (height, width) pair; >= 1, >= 0 (zeros), >= 1.
+        groups: input and output channels are split into this many groups, each convolved separately.
+
+    Shape:
+        Output (B, C_out, H_out, W_out), sizes from :func:`conv_output_size`.
+
+    Raises:
+        ValueError: wrong rank, channel mismatch, a bias of the wrong shape, a non-positive stride,
+            or a kernel larger than the padded input.
+    """
+    if input.ndim != 4 or weight.ndim != 4:
+        raise ValueError(
+            f"expected input (B, C_in, H, W) and weight (C_out, C_in / groups, kH, kW), "
+            f"got {tuple(input.shape)} and {tuple(weight.shape)}"
+        )
+    B, C_in, H, W = input.shape
+    C_out, C_per_group, kH, kW = weight.shape
+    (sH, sW), (pH, pW), (dH, dW) = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    if groups < 1 or C_in % groups or C_out % groups or C_per_group * groups != C_in:
+        raise ValueError(
+            f"channel mismatch: input has C_in={C_in} channels, weight {tuple(weight.shape)} with groups={groups} "
+            f"expects C_in = {C_per_group} x {groups} and C_out divisible by groups"
+        )
+    if bias is not None and tuple(bias.shape) != (C_out,):
+        raise ValueError(f"expected bias of shape ({C_out},), got {tuple(bias.shape)}")
+    H_out = conv_output_size(H, kH, sH, pH, dH)
+    W_out = conv_output_size(W, kW, sW, pW, dW)
+    cols = F.unfold(input, (kH, kW), dilation=(dH, dW), padding=(pH, pW), stride=(sH, sW))  # (B, C_in*kH*kW, L)
+    cols = cols.view(B, groups, C_per_group * kH * kW, H_out * W_out)  # (B, g, C_in/g*kH*kW, L)
+    kernels = weight.reshape(groups, C_out // groups, C_per_group * kH * kW)  # (g, C_out/g, C_in/g*kH*kW)
+    out = torch.einsum("gok,bgkl->bgol", kernels, cols)  # (B, g, C_out/g, L)
+    out = out.reshape(B, C_out, H_out, W_out)
+    if bias is not None:
+        out = out + bias.view(1, C_out, 1, 1)
+    return out
+
+
+def _pool_windows(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None, padding: IntPair, fill: float):
+    """Unfold every pooling window: returns (B*C, kH*kW, L) columns, output size and the padded shape."""
+    if input.ndim != 4:
+        raise ValueError(f"expected input of shape (B, C, H, W), got {tuple(input.shape)}")
+    (kH, kW) = _pair(kernel_size, "kernel_size", 1)
+    (sH, sW) = _pair(kernel_size if stride is None else stride, "stride", 1)
+    (pH, pW) = _pair(padding, "padding", 0)
+    if pH > kH // 2 or pW > kW // 2:
+        raise ValueError(f"padding must be at most half the kernel size, got padding={padding}, kernel_size={kernel_size}")
+    B, C, H, W = input.shape
+    H_out, W_out = conv_output_size(H, kH, sH, pH), conv_output_size(W, kW, sW, pW)
+    padded = F.pad(input.reshape(B * C, 1, H, W), (pW, pW, pH, pH), value=fill)  # (B*C, 1, H+2p, W+2p)
+    cols = F.unfold(padded, (kH, kW), stride=(sH, sW))  # (B*C, kH*kW, L)
+    return cols, (H_out, W_out), (kH, kW, sH, sW, pH, pW)
+
+
+def max_pool2d(
+    input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    return_indices: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    r"""2-D max pooling with stride, equal to :func:`torch.nn.functional.max_pool2d`.
+
+    .. math:: O(x, y) = \max_{0 \le i < k_H,\; 0 \le j < k_W} I(s x + i - p,\; s y + j - p)
+
+    The source article's formula omits the stride s. Padding is with −∞, so it never wins.
+
+    Args:
+        input: (B, C, H, W) float.
+        kernel_size: window size k (int or pair).
+        stride: step s (default ``kernel_size``, as in PyTorch).
+        padding: p <= k / 2 on each side.
+        return_indices: also return where each maximum came from.
+
+    Returns:
+        (B, C, H_out, W_out) maxima; with ``return_indices``, also int64 indices into each
+        flattened H × W input plane (PyTorch's convention; ties go to the first in row-major order).
+
+    Raises:
+        ValueError: wrong rank, non-positive stride, padding over half the kernel, or a kernel
+            larger than the padded input.
+    """
+    cols, (H_out, W_out), (kH, kW, sH, sW, pH, pW) = _pool_windows(input, kernel_size, stride, padding, float("-inf"))
+    values, offsets = cols.max(dim=1)  # (B*C, L): the first maximum of each window
+    B, C, H, W = input.shape
+    out = values.view(B, C, H_out, W_out)
+    if not return_indices:
+        return out
+    plane = torch.arange(H * W, dtype=torch.float64, device=input.device).view(1, 1, H, W)
+    where = F.unfold(F.pad(plane, (pW, pW, pH, pH), value=-1.0), (kH, kW), stride=(sH, sW))  # (1, kH*kW, L)
+    windows = where.expand(B * C, -1, -1)  # (B*C, kH*kW, L)
+    indices = windows.gather(1, offsets.unsqueeze(1)).squeeze(1)  # (B*C, L): input index of each maximum
+    return out, indices.long().view(B, C, H_out, W_out)
+
+
+def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> torch.Tensor:
+    r"""2-D average pooling with stride, equal to :func:`torch.nn.functional.avg_pool2d` (its defaults).
+
+    .. math:: O(x, y) = \frac{1}{k_H k_W} \sum_{i, j} I(s x + i - p,\; s y + j - p)
+
+    Padding is with zeros and counted in the average (PyTorch's ``count_include_pad=True``).
+
+    Args:
+        input: (B, C, H, W) float.
+        kernel_size, stride, padding: as in :func:`max_pool2d`.
+
+    Returns:
+        (B, C, H_out, W_out) averages.
+
+    Raises:
+        ValueError: as :func:`max_pool2d`.
+    """
+    cols, (H_out, W_out), _ = _pool_windows(input, kernel_size, stride, padding, 0.0)
+    B, C = input.shape[:2]
+    return cols.mean(dim=1).view(B, C, H_out, W_out)
 
 
 def check_image_shape(x: torch.Tensor, expected: tuple[int, int, int], model: str) -> None:
@@ -50,13 +304,17 @@ class SeedCNN(nn.Module):
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.fc1 = nn.Linear(320, 50)
         self.fc2 = nn.Linear(50, num_classes)
+        # Parameter-free layers as modules, so hooks (companion.summary.layer_table) see every step.
+        self.pool = nn.MaxPool2d(2)
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()  # keeps the batch dimension, unlike the article's view(-1, 320)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_shape(x, (1, 28, 28), "SeedCNN")
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, 1, 28, 28) -> (B, 10, 24, 24) -> (B, 10, 12, 12)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # -> (B, 20, 8, 8) -> (B, 20, 4, 4)
-        x = torch.flatten(x, 1)  # (B, 320)
-        x = F.relu(self.fc1(x))  # (B, 50)
+        x = self.pool(self.relu(self.conv1(x)))  # (B, 1, 28, 28) -> (B, 10, 24, 24) -> (B, 10, 12, 12)
+        x = self.pool(self.relu(self.conv2(x)))  # -> (B, 20, 8, 8) -> (B, 20, 4, 4)
+        x = self.flatten(x)  # (B, 320)
+        x = self.relu(self.fc1(x))  # (B, 50)
         return self.fc2(x)  # (B, num_classes)
 
 
