@@ -206,8 +206,9 @@ def load_dataset(
         try:
             info.dataset_class()(root=str(root), train=train, download=True)
         except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
+            first_line = (str(err).strip().splitlines() or [""])[0].rstrip(":")
             raise DataNotFoundError(
-                _missing_message(info, raw, missing, f"the download failed ({type(err).__name__}: {err})")
+                _missing_message(info, raw, missing, f"the download failed ({type(err).__name__}: {first_line})")
             ) from None
     n_images = _check_idx(raw / names[0], _IMAGE_MAGIC)
     n_labels = _check_idx(raw / names[1], _LABEL_MAGIC)

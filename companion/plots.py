@@ -58,27 +58,34 @@ def plot_history(
 
 
 def show_images(
-    images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 8, title_colors: Sequence[str] | None = None
+    images: torch.Tensor | Sequence[torch.Tensor],
+    titles: Sequence[str] | None = None,
+    ncols: int = 8,
+    title_colors: Sequence[str] | None = None,
 ) -> Figure:
     """A grid of grayscale images with optional titles.
 
     Args:
-        images: (N, 1, H, W) or (N, H, W), any dtype; each image is scaled to its own range.
+        images: a tensor (N, 1, H, W) or (N, H, W), or a sequence of N tensors (1, H, W) or (H, W)
+            whose sizes may differ; any dtype; each image is scaled to its own range.
         titles: N strings, one per image.
         ncols: images per row.
-        title_colors: N matplotlib colours for the titles (for example green/red for right/wrong).
+        title_colors: N matplotlib colours for the titles (for example black/red for right/wrong).
 
     Raises:
-        ValueError: wrong shape, or ``titles``/``title_colors`` of a different length than ``images``.
+        ValueError: no images, an image that is not (H, W) or (1, H, W), or ``titles``/``title_colors``
+            of a different length than ``images``.
     """
-    if images.ndim == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if images.ndim != 3 or len(images) == 0:
+    if isinstance(images, torch.Tensor) and images.ndim not in (3, 4):
         raise ValueError(f"expected images of shape (N, 1, H, W) or (N, H, W) with N >= 1, got {tuple(images.shape)}")
+    planes = [image[0] if image.ndim == 3 and image.shape[0] == 1 else image for image in images]
+    if not planes or any(plane.ndim != 2 for plane in planes):
+        shapes = [tuple(image.shape) for image in images][:3]
+        raise ValueError(f"expected images of shape (N, 1, H, W) or (N, H, W) with N >= 1, got {len(planes)} of shapes {shapes}")
     for name, seq in (("titles", titles), ("title_colors", title_colors)):
-        if seq is not None and len(seq) != len(images):
-            raise ValueError(f"{name} has {len(seq)} entries for {len(images)} images")
-    n = len(images)
+        if seq is not None and len(seq) != len(planes):
+            raise ValueError(f"{name} has {len(seq)} entries for {len(planes)} images")
+    n = len(planes)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     fig = Figure(figsize=(1.25 * ncols, 1.45 * nrows), layout="constrained")
@@ -86,7 +93,7 @@ def show_images(
     for i, ax in enumerate(axes):
         ax.axis("off")
         if i < n:
-            ax.imshow(images[i].detach().float().cpu().numpy(), cmap="gray")
+            ax.imshow(planes[i].detach().float().cpu().numpy(), cmap="gray")
             if titles is not None:
                 ax.set_title(titles[i], fontsize=9, color=title_colors[i] if title_colors else "black")
     return fig

@@ -75,3 +75,11 @@ def test_plot_confusion_matrix_writes_every_nonzero_count():
 def test_plot_confusion_matrix_rejects_a_wrong_shape():
     with pytest.raises(ValueError, match=r"expected a \(3, 3\) matrix for 3 classes, got \(2, 2\)"):
         plot_confusion_matrix(torch.zeros(2, 2), ["a", "b", "c"])
+
+
+def test_show_images_accepts_images_of_different_sizes():
+    fig = show_images([torch.zeros(1, 28, 28), torch.ones(24, 24)], ["digit", "map"])
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.images[0].get_array().shape for ax in shown] == [(28, 28), (24, 24)]
+    with pytest.raises(ValueError, match=r"expected images"):
+        show_images([torch.zeros(2, 4, 4)])
