@@ -303,6 +303,7 @@ def fit(
     checkpoint_path: str | os.PathLike[str] | None = None,
     resume: bool = False,
     mixed_precision: bool = False,
+    max_grad_norm: float | None = None,
     progress: bool = True,
     check_every: int = 25,
     on_epoch_end: Callable[[History], None] | None = None,
@@ -332,6 +333,8 @@ def fit(
         resume: continue from ``checkpoint_path`` if that file exists.
         mixed_precision: run forward passes under :func:`~companion.device.autocast`
             (bfloat16 on CUDA, no effect elsewhere).
+        max_grad_norm: if given, rescale the gradients so their global 2-norm is at most this
+            (``torch.nn.utils.clip_grad_norm_``; Pascanu et al., 2013), before each optimizer step.
         progress: show a tqdm progress bar on stderr.
         check_every: steps between NaN/inf checks (>= 1).
         on_epoch_end: called with the updated :class:`History` after every epoch
@@ -341,14 +344,16 @@ def fit(
         The :class:`History`, including epochs restored from a checkpoint.
 
     Raises:
-        ValueError: ``epochs < 0``, ``check_every < 1``, ``resume`` without ``checkpoint_path``,
-            or an unknown ``scheduler_interval``.
+        ValueError: ``epochs < 0``, ``check_every < 1``, ``max_grad_norm <= 0``, ``resume`` without
+            ``checkpoint_path``, or an unknown ``scheduler_interval``.
         NonFiniteLossError: the training loss became NaN or infinite.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if check_every < 1:
         raise ValueError(f"check_every must be >= 1, got {check_every}")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
     if scheduler_interval not in ("step", "epoch"):
         raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
     if resume and checkpoint_path is None:
@@ -373,6 +378,8 @@ def fit(
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             lr = float(optimizer.param_groups[0]["lr"])
             optimizer.step()
             if scheduler is not None and scheduler_interval == "step":

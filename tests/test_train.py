@@ -675,3 +675,18 @@ def test_recipe_train_is_seeded(small_data, cpu):
     assert first.history.train_loss == second.history.train_loss
     other = train(dataclasses.replace(config, seed=6), device=cpu, progress=False)
     assert other.history.train_loss != first.history.train_loss
+
+
+def test_fit_clips_the_gradient_norm(cpu):
+    # One SGD step with lr 1 moves the weights by exactly the (clipped) gradient.
+    model = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    x, y = torch.full((4, 3), 100.0), torch.zeros(4, dtype=torch.int64)
+    before = model.weight.detach().clone()
+    fit(model, [(x, y)], optimizer=torch.optim.SGD(model.parameters(), lr=1.0), epochs=1, device=cpu,
+        max_grad_norm=0.5, progress=False)
+    assert (model.weight.detach() - before).norm().item() == pytest.approx(0.5, rel=1e-5)
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
+        fit(model, [(x, y)], optimizer=torch.optim.SGD(model.parameters(), lr=1.0), epochs=1, device=cpu,
+            max_grad_norm=0.0, progress=False)
