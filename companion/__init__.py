@@ -5,8 +5,15 @@ Import it in the chapters and in your own code::
     import companion
     device = companion.get_device()
     train = companion.load_mnist(train=True)
+
+Modules, one per topic and named like the chapters: :mod:`~companion.device`,
+:mod:`~companion.data`, :mod:`~companion.cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`,
+:mod:`~companion.attention`, :mod:`~companion.train`, :mod:`~companion.recipes`,
+:mod:`~companion.plots` and :mod:`~companion.cli`. ``companion.run_recipe(config)`` trains a
+:class:`~companion.recipes.TrainConfig` end to end.
 """
 
+from . import attention, cnn, data, device, plots, recipes, rnn, summary
 from .cnn import BatchNormCNN, SeedCNN
 from .data import (
     DeviceLoader,
@@ -19,7 +26,7 @@ from .data import (
     random_translate,
 )
 from .device import autocast, get_device, seed_everything
-from .recipes import ARTICLE, FAST, IMPROVED, TrainConfig, train
+from .recipes import ARTICLE, FAST, IMPROVED, TrainConfig, run_recipe
 from .train import History, Metrics, confusion_matrix, evaluate, fit, load_checkpoint, predict, save_checkpoint
 
 __version__ = "0.1.0"
@@ -49,6 +56,6 @@ __all__ = [
     "predict",
     "random_translate",
     "save_checkpoint",
+    "run_recipe",
     "seed_everything",
-    "train",
 ]

@@ -84,7 +84,16 @@ def additive_attention(
             f"expected query (B, Dq) or (B, M, Dq), keys (B, N, Dk) and values (B, N, Dv), "
             f"got {tuple(query.shape)}, {tuple(keys.shape)} and {tuple(values.shape)}"
         )
-    if weight_query.shape[1] != q.shape[-1] or weight_key.shape[1] != keys.shape[-1] or v.shape != weight_key.shape[:1]:
+    if q.shape[0] != keys.shape[0]:
+        raise ValueError(f"query and keys differ in batch size: {tuple(query.shape)} and {tuple(keys.shape)}")
+    if (
+        weight_query.ndim != 2
+        or weight_key.ndim != 2
+        or weight_query.shape[1] != q.shape[-1]
+        or weight_key.shape[1] != keys.shape[-1]
+        or weight_query.shape[0] != weight_key.shape[0]
+        or tuple(v.shape) != (weight_key.shape[0],)
+    ):
         raise ValueError(
             f"expected weight_query (A, {q.shape[-1]}), weight_key (A, {keys.shape[-1]}) and v (A,), got "
             f"{tuple(weight_query.shape)}, {tuple(weight_key.shape)} and {tuple(v.shape)}"

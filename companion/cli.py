@@ -10,8 +10,11 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from .data import CorruptDataError, DataNotFoundError
-from .recipes import ARTICLE, FAST, IMPROVED, MODELS, TrainConfig, train
+from .device import get_device
+from .recipes import ARTICLE, FAST, IMPROVED, MODELS, TrainConfig, run_recipe
 from .train import History, NonFiniteLossError
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +34,14 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
+
+
+def _device_name(text: str) -> str:
+    try:
+        torch.device(text)
+    except (RuntimeError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda, cuda:1 or mps, got {text!r}") from None
+    return text
 
 
 def _seed(text: str) -> int:
@@ -54,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, help="(peak) learning rate")
     p.add_argument("--seed", type=_seed, help="random seed (default 0)")
     p.add_argument("--data-dir", help="data root (default: $COMPANION_DATA_DIR, then ~/.cache/companion/data)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: $COMPANION_DEVICE, then the best available)")
+    p.add_argument("--device", type=_device_name, help="cpu, cuda, cuda:N or mps (default: $COMPANION_DEVICE, then the best available)")
+    p.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
     p.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bar")
@@ -90,18 +102,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _config(args)
     except ValueError as err:
         parser.error(str(err))
-    print(f"training {config.model} on {config.dataset}: {config}", flush=True)
     try:
-        result = train(
+        device = get_device(args.device)
+    except RuntimeError as err:  # a known device that this machine does not have
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"training {config.model} on {config.dataset} ({device}): {config}", flush=True)
+    try:
+        result = run_recipe(
             config,
             root=args.data_dir,
-            device=args.device,
+            device=device,
+            download=args.download,
             checkpoint_path=args.checkpoint,
             resume=args.resume,
             progress=not args.no_progress,
             on_epoch_end=_print_epoch,
         )
-    except (DataNotFoundError, CorruptDataError, NonFiniteLossError, RuntimeError, ValueError) as err:
+    except (DataNotFoundError, CorruptDataError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     test = result.test

@@ -3,7 +3,7 @@
 :data:`ARTICLE` is the source article's program (section 4) with the package's loader;
 :data:`IMPROVED` is the faster, better recipe of the chapter "MNIST in practice"
 (batch normalisation, AdamW with a one-cycle schedule, label smoothing, random shifts).
-The command line (``python -m companion train``) is a thin layer over :func:`train`.
+The command line (``python -m companion train``) is a thin layer over :func:`run_recipe`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .data import DATASETS, DeviceLoader, RandomTranslate, load_dataset
 from .device import get_device, seed_everything
 from .train import History, Metrics, evaluate, fit
 
-__all__ = ["ARTICLE", "FAST", "IMPROVED", "MODELS", "TrainConfig", "TrainResult", "build_model", "build_optimizer", "train"]
+__all__ = ["ARTICLE", "FAST", "IMPROVED", "MODELS", "TrainConfig", "TrainResult", "build_model", "build_optimizer", "run_recipe"]
 
 #: Model names accepted by :func:`build_model` and the command line.
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -121,7 +121,7 @@ FAST = TrainConfig(
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained model (in eval mode), its history and final test metrics."""
+    """What :func:`run_recipe` returns: the trained model (in eval mode), its history and final test metrics."""
 
     model: nn.Module
     history: History
@@ -148,7 +148,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def train(
+def run_recipe(
     config: TrainConfig,
     *,
     root: str | os.PathLike[str] | None = None,
@@ -157,6 +157,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[History], None] | None = None,
+    download: bool = False,
 ) -> TrainResult:
     """Train ``config`` on its dataset's training split; validate and test on the test split.
 
@@ -168,18 +169,19 @@ def train(
         root: data root (see :func:`~companion.data.data_root`).
         device: see :func:`~companion.device.get_device`.
         checkpoint_path, resume, progress, on_epoch_end: passed to :func:`~companion.train.fit`.
+        download: let torchvision download the dataset if its files are missing.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        DataNotFoundError: the dataset files are missing (no download is attempted).
+        DataNotFoundError: the dataset files are missing (and ``download`` is off or failed).
         RuntimeError: the requested device is not available.
     """
     seed_everything(config.seed)
     device = get_device(device)
-    train_split = load_dataset(config.dataset, train=True, root=root)
-    test_split = load_dataset(config.dataset, train=False, root=root)
+    train_split = load_dataset(config.dataset, train=True, root=root, download=download)
+    test_split = load_dataset(config.dataset, train=False, root=root, download=download)
     model = build_model(config.model, num_classes=len(train_split.classes)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -217,11 +217,15 @@ def save_checkpoint(
         "epoch": int(epoch),
         "history": (history or History()).to_dict(),
         "torch_rng_state": torch.get_rng_state(),
+        "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -248,8 +252,9 @@ def load_checkpoint(
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and optimizer, scheduler).
 
     Loads with ``weights_only=True`` onto the CPU; ``load_state_dict`` then copies
-    the tensors to wherever ``model`` and ``optimizer`` live. Also restores the CPU
-    random-number state, so a resumed run continues as an uninterrupted one would.
+    the tensors to wherever ``model`` and ``optimizer`` live. Also restores the CPU random-number
+    state, and the CUDA ones when the checkpoint has them and this machine has as many GPUs, so a
+    resumed run continues as an uninterrupted one would.
 
     Returns:
         ``(epoch, history)``: completed epochs and the :class:`History` so far.
@@ -275,6 +280,9 @@ def load_checkpoint(
         scheduler.load_state_dict(state["scheduler"])
     if state.get("torch_rng_state") is not None:
         torch.set_rng_state(state["torch_rng_state"])
+    cuda_states = state.get("cuda_rng_states") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     return state["epoch"], History.from_dict(state["history"])
 
 
@@ -394,8 +402,7 @@ def fit(
                 bar.set_postfix(loss=f"{losses[-1].item():.4f}", refresh=False)
         if len(losses) > checked:
             _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
-        if _is_cuda(device):
-            torch.cuda.synchronize(device)
+        _synchronize(device)
         seconds = time.perf_counter() - started
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
@@ -414,5 +421,10 @@ def fit(
     return history
 
 
-def _is_cuda(device: torch.device | str) -> bool:
-    return torch.device(device).type == "cuda"
+def _synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so that wall-clock times measure work done, not work queued."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

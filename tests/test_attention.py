@@ -253,3 +253,23 @@ def test_attention_rollout_by_hand():
         attention_rollout([])
     with pytest.raises(ValueError, match="square maps of one shape"):
         attention_rollout([a, torch.ones(1, 3, 3, dtype=D)])
+
+
+def test_additive_attention_rejects_batch_and_projection_mismatches():
+    with pytest.raises(ValueError, match="differ in batch size"):
+        additive_attention(rand(1, 3), rand(4, 5, 4), rand(4, 5, 6), rand(7, 3), rand(7, 4), rand(7))
+    with pytest.raises(ValueError, match=r"expected weight_query \(A, 3\), weight_key \(A, 4\)"):
+        additive_attention(rand(2, 3), rand(2, 5, 4), rand(2, 5, 6), rand(7, 3), rand(6, 4), rand(6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_vit_and_attention_on_cuda_match_cpu():
+    torch.manual_seed(0)
+    vit = VisionTransformer(embed_dim=16, depth=1, num_heads=2).eval()
+    x = torch.randn(2, 1, 28, 28)
+    expected = vit(x)
+    torch.testing.assert_close(vit.cuda()(x.cuda()).cpu(), expected, rtol=1e-3, atol=1e-4)
+    q = torch.randn(2, 4, 8, device="cuda")
+    mask = torch.zeros(4, 4, dtype=torch.bool, device="cuda")
+    out, weights = scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    assert out.device.type == "cuda" and torch.equal(weights, torch.zeros_like(weights))

@@ -78,7 +78,7 @@ def test_missing_data_exits_1_with_one_line(cli_runs, empty_root):
     line = lines[0]
     assert line.startswith("error: MNIST files not found in ")
     assert empty_root in line and DATA_DIR_ENV in line and "train-images-idx3-ubyte" in line
-    assert run.stdout.startswith("training seed-cnn on mnist: TrainConfig(")
+    assert run.stdout.startswith("training seed-cnn on mnist (")
 
 
 # --- in-process: argument errors, device errors ----------------------------------------
@@ -108,10 +108,12 @@ def test_bad_arguments_in_process(capsys, args, message):
     assert err.startswith("usage:") and message in err
 
 
-def test_bad_device_exits_1(capsys):
-    assert main(["train", "--device", "tpu", "--no-progress"]) == 1
+def test_unknown_device_name_is_a_bad_argument_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--device", "tpu", "--no-progress"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: expected a device name") and "'tpu'" in err
+    assert err.startswith("usage:") and "expected a device such as cpu, cuda, cuda:1 or mps, got 'tpu'" in err
 
 
 def test_unavailable_cuda_exits_1(capsys, monkeypatch):
@@ -138,7 +140,7 @@ def test_short_run_resume_and_output(small_data, capsys, tmp_path):
     assert main([*common, "--epochs", "1"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""  # --no-progress: nothing on stderr
-    assert captured.out.startswith("training seed-cnn on mnist: TrainConfig(model='seed-cnn', dataset='mnist', ")
+    assert captured.out.startswith("training seed-cnn on mnist (cpu): TrainConfig(model='seed-cnn', dataset='mnist', ")
     assert "epochs=1, batch_size=32," in captured.out.splitlines()[0]
     assert [int(e) for e in EPOCH_LINE.findall(captured.out)] == [1]
     percent, correct, total, _ = _accuracy(captured.out)
@@ -160,7 +162,7 @@ def test_short_run_fashion_mnist(small_data, capsys):
     assert main(["train", "--dataset", "fashion-mnist", "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
                  "--seed", "3", "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert out.startswith("training seed-cnn on fashion-mnist:") and "lr=0.05" in out and "seed=3" in out
+    assert out.startswith("training seed-cnn on fashion-mnist (cpu):") and "lr=0.05" in out and "seed=3" in out
     assert [int(e) for e in EPOCH_LINE.findall(out)] == [1, 2]
     percent, correct, total, loss = _accuracy(out)
     # 32 steps on 256 images: far from trained, but well above chance (10 %, loss ln 10 = 2.30).

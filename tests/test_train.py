@@ -626,7 +626,7 @@ def test_train_config_is_frozen_and_recipes_are_valid():
 
 def test_recipe_train_reports_missing_data(tmp_path, cpu):
     from companion.data import DataNotFoundError
-    from companion.recipes import train
+    from companion.recipes import run_recipe as train
 
     with pytest.raises(DataNotFoundError, match="MNIST files not found"):
         train(TrainConfig(epochs=1), root=tmp_path, device=cpu, progress=False)
@@ -646,7 +646,7 @@ def test_build_model_and_optimizer():
 
 
 def test_recipe_train_improved_on_a_subset(small_data, cpu):
-    from companion.recipes import train
+    from companion.recipes import run_recipe as train
 
     config = dataclasses.replace(IMPROVED, epochs=2, batch_size=64)
     result = train(config, device=cpu, progress=False)
@@ -667,7 +667,7 @@ def test_recipe_train_improved_on_a_subset(small_data, cpu):
 
 
 def test_recipe_train_is_seeded(small_data, cpu):
-    from companion.recipes import train
+    from companion.recipes import run_recipe as train
 
     config = TrainConfig(model="seed-cnn", epochs=1, batch_size=32, max_shift=1, seed=5)
     first, second = train(config, device=cpu, progress=False), train(config, device=cpu, progress=False)
@@ -690,3 +690,25 @@ def test_fit_clips_the_gradient_norm(cpu):
     with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
         fit(model, [(x, y)], optimizer=torch.optim.SGD(model.parameters(), lr=1.0), epochs=1, device=cpu,
             max_grad_norm=0.0, progress=False)
+
+
+def test_checkpoint_file_has_the_usual_permissions(tmp_path, cpu):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_checkpoint(tmp_path / "c.pt", nn.Linear(2, 2))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_with_mixed_precision_on_cuda_and_resume_on_cpu(tmp_path):
+    torch.manual_seed(0)
+    model = SeedCNN().cuda()
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    history = fit(model, batches, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), epochs=1, device="cuda",
+                  mixed_precision=True, checkpoint_path=tmp_path / "c.pt", progress=False)
+    assert len(history) == 1 and math.isfinite(history.train_loss[0])
+    cpu_model = SeedCNN()
+    epoch, _ = load_checkpoint(tmp_path / "c.pt", cpu_model)
+    assert epoch == 1
+    torch.testing.assert_close(cpu_model.conv1.weight, model.conv1.weight.cpu())
