@@ -273,3 +273,10 @@ def test_vit_and_attention_on_cuda_match_cpu():
     mask = torch.zeros(4, 4, dtype=torch.bool, device="cuda")
     out, weights = scaled_dot_product_attention(q, q, q, attn_mask=mask)
     assert out.device.type == "cuda" and torch.equal(weights, torch.zeros_like(weights))
+
+
+def test_mha_from_torch_rejects_unsupported_modules():
+    with pytest.raises(ValueError, match="kdim = vdim = embed_dim"):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
+    with pytest.raises(ValueError, match="no add_bias_kv"):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
