@@ -100,7 +100,7 @@ def main() -> None:
     epochs, seconds, accuracy = time_to_99(device)
     print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{num_batches} batches per pipeline measurement")
-    print(f"| measurement | value |\n|---|---:|")
+    print("| measurement | value |\n|---|---:|")
     print(f"| article pipeline, SeedCNN SGD batch 64 (s/epoch) | {article_s:.2f} |")
     print(f"| DeviceLoader, same math (s/epoch) | {device_s:.2f} |")
     print(f"| ratio (article / DeviceLoader) | {article_s / device_s:.2f}x |")

@@ -32,6 +32,16 @@ from .train import History, Metrics, confusion_matrix, evaluate, fit, load_check
 __version__ = "0.1.0"
 
 __all__ = [
+    # submodules, one per topic
+    "attention",
+    "cnn",
+    "data",
+    "device",
+    "plots",
+    "recipes",
+    "rnn",
+    "summary",
+    # the most used names
     "ARTICLE",
     "FAST",
     "IMPROVED",

@@ -67,7 +67,7 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cpu")
     try:
         chosen = torch.device(device)
-    except (RuntimeError, TypeError) as err:
+    except (RuntimeError, TypeError):
         raise ValueError(
             f"expected a device name such as 'cpu', 'cuda', 'cuda:0' or 'mps' ({source}), got {device!r}"
         ) from None
