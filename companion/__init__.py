@@ -7,13 +7,13 @@ Import it in the chapters and in your own code::
     train = companion.load_mnist(train=True)
 
 Modules, one per topic and named like the chapters: :mod:`~companion.device`,
-:mod:`~companion.data`, :mod:`~companion.cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`,
-:mod:`~companion.attention`, :mod:`~companion.train`, :mod:`~companion.recipes`,
+:mod:`~companion.data`, :mod:`~companion.concepts`, :mod:`~companion.cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`,
+:mod:`~companion.attention`, :mod:`~companion.pretraining`, :mod:`~companion.train`, :mod:`~companion.recipes`,
 :mod:`~companion.plots` and :mod:`~companion.cli`. ``companion.run_recipe(config)`` trains a
 :class:`~companion.recipes.TrainConfig` end to end.
 """
 
-from . import attention, cnn, data, device, plots, recipes, rnn, summary
+from . import attention, cnn, concepts, data, device, plots, pretraining, recipes, rnn, summary
 from .cnn import BatchNormCNN, SeedCNN
 from .data import (
     DeviceLoader,
@@ -35,9 +35,11 @@ __all__ = [
     # submodules, one per topic
     "attention",
     "cnn",
+    "concepts",
     "data",
     "device",
     "plots",
+    "pretraining",
     "recipes",
     "rnn",
     "summary",

@@ -352,8 +352,15 @@ class BatchNormCNN(nn.Module):
         self.bn2 = nn.BatchNorm2d(c2)
         self.fc = nn.Linear(c2 * 4 * 4, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional trunk: (B, 1, 28, 28) → feature maps (B, c2, 4, 4), after the last ReLU."""
         check_image_shape(x, (1, 28, 28), "BatchNormCNN")
         x = F.relu(F.max_pool2d(self.bn1(self.conv1(x)), 2))  # (B, 1, 28, 28) -> (B, c1, 24, 24) -> (B, c1, 12, 12)
-        x = F.relu(F.max_pool2d(self.bn2(self.conv2(x)), 2))  # -> (B, c2, 8, 8) -> (B, c2, 4, 4)
-        return self.fc(torch.flatten(x, 1))  # (B, c2 * 16) -> (B, num_classes)
+        return F.relu(F.max_pool2d(self.bn2(self.conv2(x)), 2))  # -> (B, c2, 8, 8) -> (B, c2, 4, 4)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier: feature maps (B, c2, 4, 4) → logits (B, num_classes)."""
+        return self.fc(torch.flatten(features, 1))  # (B, c2 * 16) -> (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

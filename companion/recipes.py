@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cnn import BatchNormCNN, SeedCNN
+from .concepts import MLP, LogisticRegression
 from .data import DATASETS, DeviceLoader, RandomTranslate, load_dataset
 from .device import get_device, seed_everything
 from .train import History, Metrics, evaluate, fit
@@ -27,6 +28,8 @@ __all__ = ["ARTICLE", "FAST", "IMPROVED", "MODELS", "TrainConfig", "TrainResult"
 
 #: Model names accepted by :func:`build_model` and the command line.
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "logreg": LogisticRegression,
+    "mlp": MLP,  # hidden_size 128
     "seed-cnn": SeedCNN,
     "bn-cnn": BatchNormCNN,  # channels (32, 64)
     "bn-cnn-small": partial(BatchNormCNN, channels=(16, 32)),
@@ -38,7 +41,7 @@ class TrainConfig:
     """Settings of one training run; every field has its unit or range.
 
     Attributes:
-        model: a key of :data:`MODELS` (``"seed-cnn"``, ``"bn-cnn"``, ``"bn-cnn-small"``).
+        model: a key of :data:`MODELS` (``"logreg"``, ``"mlp"``, ``"seed-cnn"``, ``"bn-cnn"``, ``"bn-cnn-small"``).
         dataset: ``"mnist"`` or ``"fashion-mnist"``.
         epochs: passes over the 60,000 training images.
         batch_size: samples per optimizer step.

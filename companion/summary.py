@@ -11,7 +11,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LayerInfo", "ReceptiveField", "layer_table", "receptive_fields"]
+__all__ = ["LayerInfo", "ReceptiveField", "count_parameters", "layer_table", "receptive_fields"]
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``module`` (each shared tensor counted once).
+
+    Args:
+        module: any ``nn.Module``.
+        trainable_only: count only parameters with ``requires_grad=True``
+            (what an optimizer would update after :func:`companion.pretraining.freeze`).
+
+    Returns:
+        The count, an int >= 0.
+    """
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,221 @@
+"""Fine-tuning tools (also on torchvision models, weights=None) and SimCLR's pieces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from companion.attention import VisionTransformer
+from companion.cnn import BatchNormCNN, SeedCNN
+from companion.data import DeviceLoader
+from companion.pretraining import (
+    balanced_subset,
+    cutout,
+    extract_features,
+    find_head,
+    freeze,
+    nt_xent_loss,
+    param_groups,
+    pretrain_simclr,
+    random_affine,
+    replace_head,
+    unfreeze,
+)
+from companion.summary import count_parameters
+
+HEADS = [
+    (lambda: torchvision.models.resnet18(weights=None), "fc", 512),
+    (lambda: torchvision.models.vgg11(weights=None), "classifier.6", 4096),
+    (lambda: torchvision.models.mobilenet_v3_small(weights=None), "classifier.3", 1024),
+    (lambda: torchvision.models.vit_b_16(weights=None), "heads.head", 768),
+    (SeedCNN, "fc2", 50),
+    (BatchNormCNN, "fc", 1024),
+    (lambda: VisionTransformer(embed_dim=16, depth=1, num_heads=2), "head", 16),
+]
+
+
+@pytest.mark.parametrize(("build", "name", "in_features"), HEADS)
+def test_find_head_is_the_classifier_of_known_architectures(build, name, in_features):
+    model = build()
+    assert find_head(model) == name
+    assert model.get_submodule(name).in_features == in_features
+
+
+def test_replace_head_on_a_frozen_torchvision_resnet_leaves_only_the_head_trainable():
+    model = freeze(torchvision.models.resnet18(weights=None))
+    assert count_parameters(model, trainable_only=True) == 0
+    head = replace_head(model, num_classes=7)
+    assert model.fc is head and head.out_features == 7 and head.in_features == 512
+    assert count_parameters(model, trainable_only=True) == 512 * 7 + 7
+    out = model.eval()(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, 7)
+    unfreeze(model)
+    assert count_parameters(model, trainable_only=True) == count_parameters(model)
+
+
+def test_replace_head_inside_a_sequential_and_by_name():
+    model = torchvision.models.vgg11(weights=None)
+    head = replace_head(model, 3)
+    assert model.classifier[6] is head
+    vit = torchvision.models.vit_b_16(weights=None)
+    assert replace_head(vit, 5, name="heads.head") is vit.heads.head
+
+
+def test_replace_head_errors():
+    with pytest.raises(ValueError, match="num_classes"):
+        replace_head(BatchNormCNN(), 0)
+    with pytest.raises(ValueError, match="'bn1' must name an nn.Linear of BatchNormCNN, found BatchNorm2d"):
+        replace_head(BatchNormCNN(), 3, name="bn1")
+    with pytest.raises(ValueError, match="found nothing"):
+        replace_head(BatchNormCNN(), 3, name="missing")
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        find_head(nn.Sequential(nn.Conv2d(1, 1, 1)))
+
+
+def test_param_groups_split_head_and_body_and_skip_frozen_parameters():
+    model = torchvision.models.resnet18(weights=None)
+    groups = param_groups(model, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
+    assert [g["name"] for g in groups] == ["head", "body"]
+    assert {id(p) for p in groups[0]["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    assert sum(p.numel() for g in groups for p in g["params"]) == count_parameters(model)
+    optimizer = torch.optim.AdamW(groups)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-4]
+    freeze(model.layer1)
+    body = param_groups(model, 1e-4, 1e-2)[1]["params"]
+    assert not any(p is q for p in body for q in model.layer1.parameters())
+    freeze(model)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        param_groups(model, 1e-4, 1e-2)
+
+
+def test_param_groups_errors():
+    model = BatchNormCNN()
+    with pytest.raises(ValueError, match="learning rates must be > 0"):
+        param_groups(model, 0.0, 1e-3)
+    with pytest.raises(ValueError, match="weight_decay"):
+        param_groups(model, 1e-3, 1e-3, weight_decay=-1)
+    with pytest.raises(ValueError, match="no submodule 'nope'"):
+        param_groups(model, 1e-3, 1e-3, head="nope")
+
+
+def test_only_the_unfrozen_head_changes_in_a_training_step():
+    torch.manual_seed(0)
+    model = freeze(BatchNormCNN(channels=(4, 8)))
+    replace_head(model, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(param_groups(model, lr=0.1, head_lr=0.1), lr=0.1)
+    loss = nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.arange(8))
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"fc.weight", "fc.bias"} <= changed
+    assert not {k for k in changed if k.startswith("conv")}
+
+
+def test_balanced_subset_takes_per_class_samples_of_every_class_reproducibly():
+    labels = torch.tensor([0, 1, 2] * 10)
+    index = balanced_subset(labels, 4, seed=3)
+    assert torch.bincount(labels[index]).tolist() == [4, 4, 4]
+    assert len(set(index.tolist())) == 12
+    assert torch.equal(index, balanced_subset(labels, 4, seed=3))
+    assert not torch.equal(index, balanced_subset(labels, 4, seed=4))
+    with pytest.raises(ValueError, match="class 2 has 1 samples"):
+        balanced_subset(torch.tensor([0, 0, 1, 1, 2]), 2)
+    with pytest.raises(ValueError, match="per_class"):
+        balanced_subset(labels, 0)
+
+
+def test_extract_features_matches_forward_features_in_eval_mode():
+    torch.manual_seed(0)
+    model = BatchNormCNN(channels=(4, 8)).train()
+    x, y = torch.randn(10, 1, 28, 28), torch.arange(10)
+    features, labels = extract_features(model, DeviceLoader(x, y, 4, device="cpu"), "cpu")
+    assert model.training  # mode restored
+    with torch.no_grad():
+        expected = model.eval().forward_features(x).flatten(1)
+    torch.testing.assert_close(features, expected)
+    assert features.shape == (10, 8 * 16) and torch.equal(labels, y)
+    with pytest.raises(TypeError, match="forward_features"):
+        extract_features(SeedCNN(), [(x, y)], "cpu")
+
+
+def _nt_xent_reference(z1, z2, temperature):
+    z = torch.cat([nn.functional.normalize(z1, dim=1), nn.functional.normalize(z2, dim=1)])
+    n, total = len(z1), 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        denominator = sum(math.exp(float(z[i] @ z[k]) / temperature) for k in range(2 * n) if k != i)
+        total += -math.log(math.exp(float(z[i] @ z[j]) / temperature) / denominator)
+    return total / (2 * n)
+
+
+def test_nt_xent_equals_the_papers_formula_written_as_loops():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    for temperature in (0.1, 0.5, 2.0):
+        assert nt_xent_loss(z1, z2, temperature).item() == pytest.approx(_nt_xent_reference(z1, z2, temperature), rel=1e-12)
+
+
+def test_nt_xent_known_values():
+    # All embeddings equal: every similarity is 1, the loss is log(2B - 1).
+    z = torch.ones(4, 2)
+    assert nt_xent_loss(z, z).item() == pytest.approx(math.log(7))
+    # Views identical and images orthogonal: the loss falls towards 0 as the temperature falls.
+    eye = torch.eye(4)
+    assert nt_xent_loss(eye, eye, 0.05).item() < 1e-6
+
+
+def test_nt_xent_errors():
+    with pytest.raises(ValueError, match="B >= 2"):
+        nt_xent_loss(torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="both be"):
+        nt_xent_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent_loss(torch.ones(2, 3), torch.ones(2, 3), 0)
+
+
+def test_random_affine_identity_when_ranges_are_zero_and_per_image_otherwise():
+    x = torch.rand(3, 1, 28, 28)
+    same = random_affine(x, torch.Generator().manual_seed(0), max_rotation=0, scale=(1, 1), max_shift=0)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1
+    out = random_affine(x, torch.Generator().manual_seed(0), max_rotation=30, scale=(0.7, 1.3), max_shift=0.3)
+    assert out.shape == x.shape and not torch.allclose(out[0], out[1])
+    with pytest.raises(ValueError, match="float"):
+        random_affine(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.Generator())
+    with pytest.raises(ValueError, match="scale"):
+        random_affine(x, torch.Generator(), scale=(1.2, 0.8))
+
+
+def test_cutout_paints_one_clipped_square_per_image():
+    x = torch.ones(50, 1, 12, 12)
+    x[:, :, 0, 0] = -1  # the batch minimum, used as the fill
+    out = cutout(x, 4, torch.Generator().manual_seed(0))
+    painted = (out[:, :, 1:, 1:] == -1).sum(dim=(1, 2, 3))  # away from the pre-set corner pixel
+    assert int(painted.max()) <= 16
+    assert int(((out[:, :, 1:, 1:] == -1).sum(dim=(1, 2, 3)) == 16).sum()) > 0  # some squares land whole
+    with pytest.raises(ValueError, match="size"):
+        cutout(x, 0, torch.Generator())
+
+
+def test_pretrain_simclr_lowers_the_contrastive_loss_on_a_small_batch_set():
+    torch.manual_seed(0)
+    x = nn.functional.interpolate(torch.randn(64, 1, 4, 4), size=28, mode="bilinear")  # 64 smooth, distinct images
+    loader = DeviceLoader(x, torch.zeros(64, dtype=torch.long), 32, shuffle=True, device="cpu")
+    model = BatchNormCNN(channels=(4, 8))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    history = pretrain_simclr(model, loader, epochs=10, device="cpu", lr=1e-2, progress=False)
+    assert len(history.loss) == len(history.seconds) == 10
+    assert history.loss[-1] < 0.8 * history.loss[0]
+    assert all(l <= math.log(2 * 32 - 1) + 0.5 for l in history.loss)
+    assert not torch.equal(start["conv1.weight"], model.state_dict()["conv1.weight"])
+    with pytest.raises(ValueError, match="epochs"):
+        pretrain_simclr(model, loader, epochs=0, device="cpu")
+    with pytest.raises(TypeError, match="forward_features"):
+        pretrain_simclr(SeedCNN(), loader, epochs=1, device="cpu")
