@@ -1,6 +1,9 @@
 """Command line: ``python -m companion train ...`` (see ``--help``).
 
 Exit codes: 0 success, 1 data or device problem (one line on stderr), 2 bad arguments.
+Under ``torchrun --nproc-per-node=N -m companion train ...`` the N processes train one model
+with DistributedDataParallel; ``--batch-size`` stays the global batch and only rank 0 prints
+and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from .data import CorruptDataError, DataNotFoundError
-from .device import get_device
+from .distributed import destroy_distributed, init_distributed
 from .recipes import ARTICLE, FAST, IMPROVED, MODELS, TrainConfig, run_recipe
 from .train import History, NonFiniteLossError
 
@@ -103,11 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     try:
-        device = get_device(args.device)
-    except RuntimeError as err:  # a known device that this machine does not have
+        info = init_distributed(args.device)  # under torchrun: join the process group; else rank 0 of 1
+    except (RuntimeError, ValueError) as err:  # a known device that this machine does not have
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"training {config.model} on {config.dataset} ({device}): {config}", flush=True)
+    device, main = info.device, info.rank == 0
+    if main:
+        processes = f", {info.world_size} processes" if info.world_size > 1 else ""
+        print(f"training {config.model} on {config.dataset} ({device}{processes}): {config}", flush=True)
     try:
         result = run_recipe(
             config,
@@ -119,9 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             on_epoch_end=_print_epoch,
         )
-    except (DataNotFoundError, CorruptDataError, NonFiniteLossError) as err:
+    except (DataNotFoundError, CorruptDataError, NonFiniteLossError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        destroy_distributed()
+    if not main:
+        return 0
     test = result.test
     correct = round(test.accuracy * test.num_samples)
     print(f"test accuracy: {100 * test.accuracy:.2f}% ({correct}/{test.num_samples}), test loss {test.loss:.4f}")

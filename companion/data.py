@@ -298,9 +298,14 @@ class DeviceLoader:
         seed: seed of the shuffling and of ``transform``'s randomness.
         transform: optional batch transform ``f(x, generator) -> x`` applied to every batch,
             for example :class:`RandomTranslate`.
+        rank, world_size: for distributed data-parallel training (chapter "Trends, measured"):
+            every process draws the same permutation and process ``rank`` takes the
+            ``rank``-th slice of ``batch_size`` samples of each global batch of
+            ``batch_size · world_size``, as ``DistributedSampler`` does. 1 process by default.
 
     Raises:
-        ValueError: ``batch_size < 1``, ``std <= 0``, or images and labels of different lengths.
+        ValueError: ``batch_size < 1``, ``std <= 0``, images and labels of different lengths,
+            or not ``0 <= rank < world_size``.
 
     Examples:
         >>> split = load_mnist(train=False)  # doctest: +SKIP
@@ -321,9 +326,13 @@ class DeviceLoader:
         std: float = 1.0,
         seed: int = 0,
         transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if std <= 0:
             raise ValueError(f"std must be > 0, got {std}")
         if len(images) != len(labels):
@@ -335,6 +344,7 @@ class DeviceLoader:
         self.labels = labels.to(self.device, torch.int64)  # (N,)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.transform, self.epoch = seed, transform, 0
+        self.rank, self.world_size = rank, world_size
 
     @classmethod
     def from_split(cls, split: ImageSplit, batch_size: int, **kwargs) -> DeviceLoader:
@@ -342,14 +352,23 @@ class DeviceLoader:
         return cls(split.images, split.labels, batch_size, mean=split.mean, std=split.std, **kwargs)
 
     @property
-    def num_samples(self) -> int:
-        """Samples per epoch, counting a short last batch unless ``drop_last``."""
+    def global_batch_size(self) -> int:
+        """Samples per step over all processes: ``batch_size · world_size``."""
+        return self.batch_size * self.world_size
+
+    def _global_samples(self) -> int:
         n = len(self.labels)
-        return n - n % self.batch_size if self.drop_last else n
+        return n - n % self.global_batch_size if self.drop_last else n
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this process sees per epoch, counting a short last batch unless ``drop_last``."""
+        full, rest = divmod(self._global_samples(), self.global_batch_size)
+        return full * self.batch_size + min(max(rest - self.rank * self.batch_size, 0), self.batch_size)
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(self._global_samples(), self.global_batch_size)
+        return full + (rest > self.rank * self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration use epoch ``epoch``'s order (as ``DistributedSampler.set_epoch``)."""
@@ -363,11 +382,13 @@ class DeviceLoader:
         generator = self._generator(epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=generator).to(self.device) if self.shuffle else None
-        for start in range(0, self.num_samples, self.batch_size):
+        total = self._global_samples()
+        for start in range(self.rank * self.batch_size, total, self.global_batch_size):
+            stop = min(start + self.batch_size, total)  # this process's slice of the global batch
             if order is None:
-                x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+                x, y = self.images[start:stop], self.labels[start:stop]
             else:
-                index = order[start : start + self.batch_size]
+                index = order[start:stop]
                 x, y = self.images[index], self.labels[index]  # (B, C, H, W), (B,)
             if self.transform is not None:
                 x = self.transform(x, generator)

@@ -22,6 +22,7 @@ from .cnn import BatchNormCNN, SeedCNN
 from .concepts import MLP, LogisticRegression
 from .data import DATASETS, DeviceLoader, RandomTranslate, load_dataset
 from .device import get_device, seed_everything
+from .distributed import get_rank, get_world_size
 from .train import History, Metrics, evaluate, fit
 
 __all__ = ["ARTICLE", "FAST", "IMPROVED", "MODELS", "TrainConfig", "TrainResult", "build_model", "build_optimizer", "run_recipe"]
@@ -167,6 +168,11 @@ def run_recipe(
     The test split is evaluated after every epoch to draw learning curves; the recipes'
     settings are fixed in advance, not selected on it.
 
+    Under ``torchrun`` (after :func:`companion.distributed.init_distributed`), each of the
+    ``W`` processes trains on its shard with ``config.batch_size / W`` samples per step, so
+    that ``config.batch_size`` stays the global batch and the run computes what one
+    process would (the last incomplete global batch of an epoch is dropped).
+
     Args:
         config: the run's settings.
         root: data root (see :func:`~companion.data.data_root`).
@@ -180,7 +186,11 @@ def run_recipe(
     Raises:
         DataNotFoundError: the dataset files are missing (and ``download`` is off or failed).
         RuntimeError: the requested device is not available.
+        ValueError: under distributed training, ``config.batch_size`` is not divisible by the number of processes.
     """
+    rank, world_size = get_rank(), get_world_size()
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world_size} processes")
     seed_everything(config.seed)
     device = get_device(device)
     train_split = load_dataset(config.dataset, train=True, root=root, download=download)
@@ -189,10 +199,12 @@ def run_recipe(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     transform = RandomTranslate(config.max_shift) if config.max_shift else None
+    shard = {"rank": rank, "world_size": world_size}  # one process: the whole split
     train_loader = DeviceLoader.from_split(
-        train_split, config.batch_size, shuffle=True, device=device, seed=config.seed, transform=transform
+        train_split, config.batch_size // world_size, shuffle=True, device=device, seed=config.seed,
+        transform=transform, drop_last=world_size > 1, **shard,
     )
-    test_loader = DeviceLoader.from_split(test_split, 1000, device=device)
+    test_loader = DeviceLoader.from_split(test_split, 1000, device=device, **shard)
     optimizer = build_optimizer(config, model)
     scheduler = None
     if config.schedule == "one-cycle":

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .device import autocast
+from .distributed import all_reduce_sum, is_distributed, is_main_process
 
 __all__ = [
     "History",
@@ -108,7 +109,8 @@ def evaluate(model: nn.Module, loader: Batches, device: torch.device | str) -> M
         device: where the model is; batches are moved there.
 
     Returns:
-        :class:`Metrics` averaged over samples.
+        :class:`Metrics` averaged over samples. Under distributed training, when ``loader``
+        is sharded (``loader.world_size > 1``), over the samples of all processes.
 
     Raises:
         ValueError: the loader yields no samples.
@@ -129,9 +131,20 @@ def evaluate(model: nn.Module, loader: Batches, device: torch.device | str) -> M
                 count += len(y)
     finally:
         model.train(was_training)  # also when the model or the loader raises
+    if is_distributed() and getattr(loader, "world_size", 1) > 1:  # each process saw its shard: sum them
+        totals = torch.tensor([0.0 if loss_sum is None else loss_sum.item(), 0 if correct is None else correct.item(), count],
+                              dtype=torch.float64, device=_collective_device(device))
+        loss_total, correct_total, count = all_reduce_sum(totals).tolist()
+        loss_sum, correct, count = torch.tensor(loss_total), torch.tensor(correct_total), int(count)
     if count == 0:
         raise ValueError("evaluate() got a loader with no samples")
     return Metrics(loss=loss_sum.item() / count, accuracy=correct.item() / count, num_samples=count)
+
+
+def _collective_device(device: torch.device | str) -> torch.device:
+    """Where tensors for a collective must live: the GPU for nccl, the CPU for gloo."""
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
 
 
 def predict(model: nn.Module, loader: Batches, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,8 +300,17 @@ def load_checkpoint(
 
 
 def _raise_if_non_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
-    """Check a window of per-step losses with one device sync; name the first bad step."""
+    """Check a window of per-step losses with one device sync; name the first bad step.
+
+    Under distributed training every process learns whether any process saw a bad loss,
+    so that all of them stop together instead of waiting for the one that stopped.
+    """
     finite = torch.isfinite(torch.stack(losses))
+    if is_distributed():
+        bad = torch.tensor([float(not bool(finite.all()))], device=_collective_device(finite.device))
+        if all_reduce_sum(bad).item() and bool(finite.all()):
+            raise NonFiniteLossError(f"training loss became non-finite on another process at epoch {epoch}, "
+                                     f"steps {first_step}-{first_step + len(losses) - 1}")
     if not bool(finite.all()):
         step = first_step + int((~finite).nonzero()[0])
         raise NonFiniteLossError(
@@ -326,6 +348,14 @@ def fit(
     loop syncs with a GPU rarely; a non-finite loss stops training with an error naming the
     epoch and the first bad step.
 
+    **Distributed data parallel.** Inside a process group (started by ``torchrun`` and
+    :func:`companion.distributed.init_distributed`), ``fit`` wraps ``model`` in
+    ``DistributedDataParallel``, which averages gradients over processes in ``backward()``;
+    ``train_loader`` must be sharded (``DeviceLoader(..., rank=, world_size=)``) with the
+    same number of batches on every process. Training metrics are summed over processes,
+    and only rank 0 shows progress, writes checkpoints and calls ``on_epoch_end``. With
+    per-process batch ``B / world_size`` the updates equal one process's with batch ``B``.
+
     Args:
         model: returns logits (B, K); already on ``device``.
         train_loader: iterable of ``(x, y)`` batches; if it has ``set_epoch`` (as
@@ -353,7 +383,8 @@ def fit(
 
     Raises:
         ValueError: ``epochs < 0``, ``check_every < 1``, ``max_grad_norm <= 0``, ``resume`` without
-            ``checkpoint_path``, or an unknown ``scheduler_interval``.
+            ``checkpoint_path``, an unknown ``scheduler_interval``, or (distributed) processes
+            with different numbers of batches per epoch.
         NonFiniteLossError: the training loss became NaN or infinite.
     """
     if epochs < 0:
@@ -370,6 +401,10 @@ def fit(
     history, start = History(), 0
     if resume and Path(checkpoint_path).is_file():
         start, history = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
+    network, main = model, is_main_process()
+    if is_distributed():
+        _check_equal_steps(len(train_loader), device)
+        network = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda" else None)
     for epoch in range(start, epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -377,12 +412,12 @@ def fit(
         losses: list[torch.Tensor] = []
         loss_sum = correct = torch.zeros((), device=device)
         count, checked = 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and main), leave=False)
         started = time.perf_counter()
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, enabled=mixed_precision):
-                logits = model(x)  # (B, K)
+                logits = network(x)  # (B, K); under DDP, backward() also averages the gradients
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -404,6 +439,10 @@ def fit(
             _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
         _synchronize(device)
         seconds = time.perf_counter() - started
+        if is_distributed():  # metrics of all processes' samples
+            totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(count, dtype=torch.float64, device=device)])
+            loss_sum, correct, count = all_reduce_sum(totals.to(_collective_device(device))).unbind()
+            count = int(count.item())
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
         val = evaluate(model, val_loader, device) if val_loader is not None else None
@@ -414,11 +453,24 @@ def fit(
         history.val_accuracy.append(val.accuracy if val else math.nan)
         history.seconds.append(seconds)
         history.lr.append(lr if count else float(optimizer.param_groups[0]["lr"]))
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and main:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
-        if on_epoch_end is not None:
+        if is_distributed():
+            torch.distributed.barrier()  # no process reads a checkpoint before rank 0 has written it
+        if on_epoch_end is not None and main:
             on_epoch_end(history)
     return history
+
+
+def _check_equal_steps(steps: int, device: torch.device | str) -> None:
+    """DDP needs every process to run the same number of steps, or the gradient averaging waits forever."""
+    counts = torch.tensor([steps, -steps], dtype=torch.float64, device=_collective_device(device))
+    torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
+    if counts[0].item() != -counts[1].item():
+        raise ValueError(
+            f"processes have between {int(-counts[1].item())} and {int(counts[0].item())} batches per epoch; "
+            "use DeviceLoader(..., drop_last=True) so that every process runs the same number of steps"
+        )
 
 
 def _synchronize(device: torch.device | str) -> None:
