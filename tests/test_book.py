@@ -1,19 +1,25 @@
-"""The book's sources: notebooks stored clean, and a table of contents that matches the chapters."""
+"""The book's sources: notebooks stored clean, a table of contents that matches the chapters,
+an API reference that covers the package, a setup page whose error messages are the package's,
+and HTML that loads nothing from another host."""
 
 from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+# Notebooks outside chapters/ (the build environment report) follow the same rules.
+NOTEBOOKS = CHAPTERS + sorted(ROOT.glob("*.ipynb"))
+MODULES = sorted(p.stem for p in (ROOT / "companion").glob("*.py") if p.stem not in ("__init__", "__main__"))
 
 
 def test_there_are_chapters():
-    assert NOTEBOOKS, "no notebooks under chapters/"
+    assert CHAPTERS, "no notebooks under chapters/"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -38,4 +44,13 @@ def test_notebook_follows_the_notebook_rules(path):
 def test_table_of_contents_lists_exactly_the_chapters():
     toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
     listed = set(re.findall(r"file:\s*chapters/(\S+)", toc))
-    assert listed == {p.stem for p in NOTEBOOKS}
+    assert listed == {p.stem for p in CHAPTERS}
+
+
+def test_notebooks_outside_chapters_are_in_the_book_and_run_by_pytest():
+    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    testpaths = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]["testpaths"]
+    for path in NOTEBOOKS:
+        if path.parent == ROOT:
+            assert re.search(rf"file:\s*{path.stem}\s*$", toc, flags=re.M), f"{path.name} is not in _toc.yml"
+            assert path.name in testpaths, f"{path.name} is not in pytest's testpaths, so nbval never runs it"
