@@ -54,3 +54,26 @@ def test_notebooks_outside_chapters_are_in_the_book_and_run_by_pytest():
         if path.parent == ROOT:
             assert re.search(rf"file:\s*{path.stem}\s*$", toc, flags=re.M), f"{path.name} is not in _toc.yml"
             assert path.name in testpaths, f"{path.name} is not in pytest's testpaths, so nbval never runs it"
+
+
+def _labels() -> set[str]:
+    """Every cross-reference target the book's sources define: MyST ``(label)=`` and rST ``.. _label:``."""
+    sources = [*ROOT.glob("*.md"), *ROOT.glob("*.rst"), *ROOT.glob("*.ipynb"), *CHAPTERS]
+    text = "\n".join(path.read_text(encoding="utf-8") for path in sources)
+    return set(re.findall(r"\(([\w-]+)\)=", text)) | set(re.findall(r"^\.\. _([\w-]+):", text, flags=re.M))
+
+
+def test_api_reference_documents_every_module_and_links_it_to_a_chapter():
+    api = (ROOT / "api.rst").read_text(encoding="utf-8")
+    documented = dict(re.findall(r"^\.\. companion-module:: companion\.(\w+) (\S+)\s*$", api, flags=re.M))
+    assert sorted(documented) == MODULES, "api.rst needs one `.. companion-module:: companion.NAME LABEL` line per module"
+    missing = {module: label for module, label in documented.items() if label not in _labels()}
+    assert not missing, f"chapter labels that no page defines: {missing}"
+
+
+def test_api_reference_covers_the_submodules_in_companion_all():
+    import companion
+
+    submodules = {name for name in companion.__all__ if name in MODULES}
+    assert submodules, "companion.__all__ lists no submodule"
+    assert submodules <= set(MODULES)
