@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
@@ -77,3 +78,37 @@ def test_api_reference_covers_the_submodules_in_companion_all():
     submodules = {name for name in companion.__all__ if name in MODULES}
     assert submodules, "companion.__all__ lists no submodule"
     assert submodules <= set(MODULES)
+
+
+def _strings(tree, keys=()):
+    """Every string in a parsed YAML tree, with the keys leading to it."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _strings(value, (*keys, str(key)))
+    elif isinstance(tree, list):
+        for item in tree:
+            yield from _strings(item, keys)
+    elif isinstance(tree, str):
+        yield keys, tree
+
+
+# Keys whose URLs are links a reader clicks (buttons), not assets a page loads.
+LINK_KEYS = {"url", "baseurl", "colab_url", "binderhub_url", "jupyterhub_url", "deepnote_url"}
+
+
+def test_the_html_loads_no_script_style_or_font_from_another_host():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    remote = {".".join(keys): value for keys, value in _strings(config) if re.match(r"\s*(https?:)?//", value)}
+    assets = {key: value for key, value in remote.items() if key.rsplit(".", 1)[-1] not in LINK_KEYS}
+    assert not assets, f"_config.yml loads these from another host: {assets}"
+    sphinx = config["sphinx"]["config"]
+    # MathJax and the fonts it fetches are served from the build (Sphinx's default is a CDN).
+    static = [ROOT / folder for folder in sphinx["html_static_path"]]
+    mathjax = [folder / sphinx["mathjax_path"] for folder in static if (folder / sphinx["mathjax_path"]).is_file()]
+    assert mathjax, f"mathjax_path {sphinx['mathjax_path']!r} is not a file under html_static_path"
+    assert list((mathjax[0].parent / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff")), "MathJax fonts missing"
+    assert sphinx["nb_ipywidgets_js"] == {}, "myst-nb loads require.js and the widget manager from a CDN by default"
+    # With a _static folder, Jupyter Book adds every .js under the static paths to every page: MathJax twice.
+    assert not (ROOT / "_static").exists(), "keep static files in _vendor (see _vendor/README.txt), not _static"
+    # _ext/offline_assets.py fails the build on any remote script or style sheet, whoever adds it.
+    assert "offline_assets" in config["sphinx"]["local_extensions"]
