@@ -4,6 +4,7 @@ and HTML that loads nothing from another host."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import tomllib
@@ -112,3 +113,52 @@ def test_the_html_loads_no_script_style_or_font_from_another_host():
     assert not (ROOT / "_static").exists(), "keep static files in _vendor (see _vendor/README.txt), not _static"
     # _ext/offline_assets.py fails the build on any remote script or style sheet, whoever adds it.
     assert "offline_assets" in config["sphinx"]["local_extensions"]
+
+
+def _message_patterns() -> list[re.Pattern[str]]:
+    """Every string literal and f-string of the package as a regex (an f-string's fields match anything)."""
+    patterns = []
+    for path in (ROOT / "companion").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr):
+                pieces = node.values
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                pieces = [node]
+            else:
+                continue
+            fixed = [p.value for p in pieces if isinstance(p, ast.Constant)]
+            if sum(map(len, fixed)) >= 15:
+                patterns.append(re.compile("".join(re.escape(p.value) if isinstance(p, ast.Constant) else ".*?" for p in pieces)))
+    return patterns
+
+
+def _setup_section(start: str, end: str) -> str:
+    text = (ROOT / "setup.md").read_text(encoding="utf-8")
+    return text[text.index(start) : text.index(end)]
+
+
+def test_setup_page_quotes_messages_the_package_really_prints():
+    # In each table row of the two sections, the longest code span is the message.
+    section = _setup_section("(setup-errors)=", "(setup-browser-check)=")
+    rows = [line for line in section.splitlines() if line.startswith("|") and "`" in line]
+    messages = [max(re.findall(r"`([^`]+)`", row), key=len) for row in rows]
+    messages = [m for m in messages if len(m) >= 20]
+    assert len(messages) >= 15
+    # The command line adds "error: "; argparse adds the program and the argument.
+    prefix = re.compile(r"^(?:python -m companion(?: train)?: error: (?:argument --[\w-]+: )?|error: )")
+    patterns = _message_patterns()
+    invented = [m for m in messages if not any(p.fullmatch(prefix.sub("", m)) for p in patterns)]
+    assert not invented, f"setup.md quotes messages that no string in companion/ produces: {invented}"
+
+
+def test_setup_page_explains_every_exception_class_of_the_package():
+    defined = set()
+    for path in (ROOT / "companion").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and b.id.endswith(("Error", "Exception")) for b in node.bases
+            ):
+                defined.add(node.name)
+    assert defined, "found no exception classes in companion/"
+    section = _setup_section("(setup-errors)=", "(setup-cli)=")
+    assert not [name for name in defined if f"`{name}`" not in section]
