@@ -199,12 +199,10 @@ const rawTex = [];
 for (let node = walker.nextNode(); node; node = walker.nextNode()) {
   const parent = node.parentElement;
   if (!parent || parent.closest(skip)) continue;  // hidden text counts too: a reader can open it
-  const m = node.textContent.match(/\$\$|\\\(|\\\[|\\begin\{/);
-  if (m) rawTex.push(node.textContent.trim().slice(0, 80));
+  if (/\$\$|\\\(|\\\[|\\begin\{/.test(node.textContent)) rawTex.push(node.textContent.trim().slice(0, 80));
 }
 const math = Array.from(document.querySelectorAll(".math"));
 return {
-  url: location.href,
   links: Array.from(document.querySelectorAll("a[href]")).map((a) => a.href),
   mathCount: math.length,
   untypeset: math.filter((el) => !el.querySelector("mjx-container")).map((el) => el.textContent.trim().slice(0, 80)),
