@@ -373,8 +373,8 @@ class VisionTransformer(nn.Module):
 
     Shape:
         - Input: (B, C, H, W).
-        - :meth:`forward_features`: (B, N + 1, D), class token first.
-        - :meth:`forward_head` / :meth:`forward`: (B, K) logits.
+        - ``forward_features``: (B, N + 1, D), class token first.
+        - ``forward_head`` / ``forward``: (B, K) logits.
         - :meth:`attention_maps`: ``depth`` tensors (B, nh, N + 1, N + 1).
 
     Raises:

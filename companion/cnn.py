@@ -268,7 +268,7 @@ def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None
 
 
 def check_image_shape(x: torch.Tensor, expected: tuple[int, int, int], model: str) -> None:
-    """Raise a ``ValueError`` unless ``x`` has shape (B, *expected) with B >= 1.
+    """Raise a ``ValueError`` unless ``x`` has shape ``(B, *expected)`` with B >= 1.
 
     Args:
         x: the input batch.

@@ -41,7 +41,10 @@ __all__ = [
 
 #: Environment variable naming the data root.
 DATA_DIR_ENV = "COMPANION_DATA_DIR"
-#: Data root used when neither an argument nor ``COMPANION_DATA_DIR`` names one.
+#: Data root used when neither an argument nor ``COMPANION_DATA_DIR`` names one
+#: (``~/.cache/companion/data``, with ``~`` expanded to the user's home).
+#:
+#: :meta hide-value:
 DEFAULT_DATA_DIR = Path("~/.cache/companion/data").expanduser()
 
 _IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049  # IDX: 0x00000803 (uint8, 3 dims), 0x00000801 (uint8, 1 dim)

@@ -30,7 +30,7 @@ def plot_history(
 
     Args:
         histories: a :class:`~companion.train.History`, or ``{run name: History}``.
-        metrics: :class:`History` fields to draw (``train_loss``, ``train_accuracy``,
+        metrics: :class:`~companion.train.History` fields to draw (``train_loss``, ``train_accuracy``,
             ``val_loss``, ``val_accuracy``).
 
     Raises:

@@ -91,10 +91,10 @@ class TrainConfig:
                 raise ValueError(message)
 
 
-#: The source article's settings (section 4): SeedCNN, SGD lr 0.001, momentum 0.9, batch 64, 10 epochs.
+#: The source article's settings (section 4) — SeedCNN, SGD lr 0.001, momentum 0.9, batch 64, 10 epochs.
 ARTICLE = TrainConfig(model="seed-cnn", epochs=10, batch_size=64, lr=0.001, optimizer="sgd", momentum=0.9)
 
-#: The chapter's improved recipe: BatchNormCNN, AdamW + one-cycle, label smoothing 0.1, shifts of up to 2 pixels.
+#: The chapter's improved recipe — BatchNormCNN, AdamW + one-cycle, label smoothing 0.1, shifts of up to 2 pixels.
 IMPROVED = TrainConfig(
     model="bn-cnn",
     epochs=2,
@@ -109,7 +109,7 @@ IMPROVED = TrainConfig(
 )
 
 
-#: The fastest route to 99 % on a CPU that the benchmark found: half-width BatchNormCNN, one epoch, no shifts.
+#: The fastest route to 99 % on a CPU that the benchmark found — half-width BatchNormCNN, one epoch, no shifts.
 FAST = TrainConfig(
     model="bn-cnn-small",
     epochs=1,
