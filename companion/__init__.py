@@ -8,12 +8,12 @@ Import it in the chapters and in your own code::
 
 Modules, one per topic and named like the chapters: :mod:`~companion.device`,
 :mod:`~companion.data`, :mod:`~companion.concepts`, :mod:`~companion.cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`,
-:mod:`~companion.attention`, :mod:`~companion.pretraining`, :mod:`~companion.train`, :mod:`~companion.recipes`,
+:mod:`~companion.attention`, :mod:`~companion.pretraining`, :mod:`~companion.distributed`, :mod:`~companion.interpret`, :mod:`~companion.train`, :mod:`~companion.recipes`,
 :mod:`~companion.plots` and :mod:`~companion.cli`. ``companion.run_recipe(config)`` trains a
 :class:`~companion.recipes.TrainConfig` end to end.
 """
 
-from . import attention, cnn, concepts, data, device, plots, pretraining, recipes, rnn, summary
+from . import attention, cnn, concepts, data, device, distributed, interpret, plots, pretraining, recipes, rnn, summary
 from .cnn import BatchNormCNN, SeedCNN
 from .data import (
     DeviceLoader,
@@ -38,6 +38,8 @@ __all__ = [
     "concepts",
     "data",
     "device",
+    "distributed",
+    "interpret",
     "plots",
     "pretraining",
     "recipes",
