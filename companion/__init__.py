@@ -13,7 +13,7 @@ Modules, one per topic and named like the chapters: :mod:`~companion.device`,
 :class:`~companion.recipes.TrainConfig` end to end.
 """
 
-from . import attention, cnn, concepts, data, device, distributed, interpret, plots, pretraining, recipes, rnn, summary
+from . import attention, cnn, concepts, data, device, distributed, plots, pretraining, recipes, rnn, summary
 from .cnn import BatchNormCNN, SeedCNN
 from .data import (
     DeviceLoader,
@@ -30,6 +30,15 @@ from .recipes import ARTICLE, FAST, IMPROVED, TrainConfig, run_recipe
 from .train import History, Metrics, confusion_matrix, evaluate, fit, load_checkpoint, predict, save_checkpoint
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Import :mod:`companion.interpret` on first use: Captum takes seconds to import."""
+    if name == "interpret":
+        import importlib
+
+        return importlib.import_module(".interpret", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     # submodules, one per topic

@@ -9,9 +9,14 @@ to a CNN trained on MNIST; the chapter "Attention and self-attention" shows a Vi
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 from torch import nn
+
+with warnings.catch_warnings():  # Captum imports tqdm.auto, which warns in notebooks without ipywidgets
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 
 __all__ = ["attribution_in_mask", "grad_cam", "integrated_gradients", "saliency"]
 
