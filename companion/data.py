@@ -356,7 +356,7 @@ class DeviceLoader:
 
     @property
     def global_batch_size(self) -> int:
-        """Samples per step over all processes: ``batch_size · world_size``."""
+        """Samples per step over all processes, ``batch_size · world_size``."""
         return self.batch_size * self.world_size
 
     def _global_samples(self) -> int:
