@@ -274,7 +274,7 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a checkpoint of this package.
+        ValueError: the file is not a checkpoint of this package, or holds another model's weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -286,7 +286,11 @@ def load_checkpoint(
         raise ValueError(f"{path} is not a companion checkpoint: torch.load failed ({type(err).__name__}: {reason})") from err
     if not isinstance(state, dict) or not {"model", "epoch", "history"} <= state.keys():
         raise ValueError(f"{path} is not a companion checkpoint (expected keys model, epoch, history)")
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches: another model's checkpoint
+        reason = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path} holds weights of a different model than {type(model).__name__}: {reason}") from err
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

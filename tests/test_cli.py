@@ -158,6 +158,20 @@ def test_short_run_resume_and_output(small_data, capsys, tmp_path):
     assert _accuracy(third) == _accuracy(second)  # the same weights, restored
 
 
+@pytest.mark.parametrize("content", ["garbage", "another model"])
+def test_resume_from_a_bad_checkpoint_exits_1_with_one_line(small_data, capsys, tmp_path, content):
+    path = tmp_path / "bad.pt"
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save({"model": {"weight": torch.zeros(1)}, "epoch": 1, "history": {}}, path)
+    code = main(["train", "--epochs", "1", "--device", "cpu", "--no-progress", "--checkpoint", str(path), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(path) in err
+    assert ("not a companion checkpoint" if content == "garbage" else "different model than SeedCNN") in err
+
+
 def test_short_run_fashion_mnist(small_data, capsys):
     assert main(["train", "--dataset", "fashion-mnist", "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
                  "--seed", "3", "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
