@@ -459,8 +459,9 @@ def fit(
         history.lr.append(lr if count else float(optimizer.param_groups[0]["lr"]))
         if checkpoint_path is not None and main:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
-        if is_distributed():
-            torch.distributed.barrier()  # no process reads a checkpoint before rank 0 has written it
+        if is_distributed():  # no process reads a checkpoint before rank 0 has written it
+            cuda = torch.device(device).type == "cuda"
+            torch.distributed.barrier(device_ids=[torch.device(device).index or 0] if cuda else None)
         if on_epoch_end is not None and main:
             on_epoch_end(history)
     return history
