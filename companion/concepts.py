@@ -135,10 +135,12 @@ def mlp_forward_backward(
         :class:`MLPGradients` with the loss and one gradient per parameter.
 
     Raises:
-        ValueError: shapes that do not fit together, or a target outside [0, K).
+        ValueError: shapes that do not fit together, a target that is not int64, or outside [0, K).
     """
     if x.dim() != 2 or target.shape != (x.shape[0],):
         raise ValueError(f"expected x (B, in_features) and target (B,), got {tuple(x.shape)} and {tuple(target.shape)}")
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must be int64 class indices, got {target.dtype}")
     hidden, num_classes = weight1.shape[0], weight2.shape[0]
     expected = {
         "weight1": (weight1.shape, (hidden, x.shape[1])),
@@ -156,7 +158,7 @@ def mlp_forward_backward(
     h = a.clamp(min=0)  # (B, H) ReLU
     z = h @ weight2.T + bias2  # (B, K) logits
     log_p = z - torch.logsumexp(z, dim=1, keepdim=True)  # (B, K) log-softmax, stable
-    loss = -log_p[torch.arange(batch), target].mean()
+    loss = -log_p[torch.arange(batch, device=x.device), target].mean()
     dz = (log_p.exp() - F.one_hot(target, num_classes).to(z.dtype)) / batch  # (B, K)
     dh = dz @ weight2  # (B, H)
     da = dh * (a > 0).to(dh.dtype)  # (B, H): the ReLU passes gradient only where it was active

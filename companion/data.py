@@ -304,7 +304,9 @@ class DeviceLoader:
         rank, world_size: for distributed data-parallel training (chapter "Trends, measured"):
             every process draws the same permutation and process ``rank`` takes the
             ``rank``-th slice of ``batch_size`` samples of each global batch of
-            ``batch_size · world_size``, as ``DistributedSampler`` does. 1 process by default.
+            ``batch_size · world_size``, as ``DistributedSampler`` does; ``transform`` is applied
+            to the whole global batch before slicing, so the random draws are those of one
+            process with batch ``batch_size · world_size``. 1 process by default.
 
     Raises:
         ValueError: ``batch_size < 1``, ``std <= 0``, images and labels of different lengths,
@@ -386,13 +388,16 @@ class DeviceLoader:
         n = len(self.labels)
         order = torch.randperm(n, generator=generator).to(self.device) if self.shuffle else None
         total = self._global_samples()
-        for start in range(self.rank * self.batch_size, total, self.global_batch_size):
-            stop = min(start + self.batch_size, total)  # this process's slice of the global batch
-            if order is None:
-                x, y = self.images[start:stop], self.labels[start:stop]
-            else:
-                index = order[start:stop]
-                x, y = self.images[index], self.labels[index]  # (B, C, H, W), (B,)
-            if self.transform is not None:
-                x = self.transform(x, generator)
-            yield x, y
+        for start in range(0, total, self.global_batch_size):
+            stop = min(start + self.global_batch_size, total)  # one global batch: [start, stop)
+            lo = min(start + self.rank * self.batch_size, stop)  # this process's slice of it: [lo, hi)
+            hi = min(lo + self.batch_size, stop)
+            if lo == hi:
+                continue  # only without drop_last: the short last global batch has no samples for this rank
+            if self.transform is None:
+                index = slice(lo, hi) if order is None else order[lo:hi]
+                yield self.images[index], self.labels[index]  # (B, C, H, W), (B,)
+            else:  # transform the whole global batch, so the random draws are the ones a single process makes
+                index = slice(start, stop) if order is None else order[start:stop]
+                x = self.transform(self.images[index], generator)
+                yield x[lo - start : hi - start], self.labels[index][lo - start : hi - start]

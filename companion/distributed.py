@@ -82,7 +82,7 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
 
     Args:
         device: the device type to train on (default: :func:`~companion.device.get_device`);
-            a CUDA device is replaced by ``cuda:LOCAL_RANK``.
+            under torchrun a CUDA device is replaced by ``cuda:LOCAL_RANK``; otherwise it is kept.
         backend: ``"gloo"`` or ``"nccl"``; default by device type.
 
     Returns:
@@ -101,11 +101,14 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world_size}")
     device = get_device(device)
-    if device.type == "cuda":
+    launched = world_size > 1 or "LOCAL_RANK" in os.environ
+    if device.type == "cuda" and launched:  # torchrun: one GPU per process, chosen by LOCAL_RANK
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices on this machine")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    elif device.type == "cuda":
+        torch.cuda.set_device(device)  # one process: the GPU the caller asked for (cuda:N)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend=backend or ("nccl" if device.type == "cuda" else "gloo"))
     return DistributedInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)

@@ -130,7 +130,11 @@ def attribution_in_mask(attributions: torch.Tensor, mask: torch.Tensor) -> torch
     """
     if attributions.dim() != 4 or mask.dim() != 4 or mask.shape[0] != attributions.shape[0]:
         raise ValueError(f"expected (B, C, H, W) attributions and mask, got {tuple(attributions.shape)} and {tuple(mask.shape)}")
-    weight = attributions.abs()
+    try:
+        shape = torch.broadcast_shapes(attributions.shape, mask.shape)
+    except RuntimeError:
+        raise ValueError(f"mask {tuple(mask.shape)} does not broadcast with attributions {tuple(attributions.shape)}") from None
+    weight = attributions.abs().expand(shape)  # a (B, 1, H, W) map counts once per channel of a (B, C, H, W) mask
     inside = (weight * mask.to(weight.dtype)).flatten(1).sum(1)
     total = weight.flatten(1).sum(1)
     return torch.where(total > 0, inside / total.clamp(min=torch.finfo(weight.dtype).tiny), torch.zeros_like(total))

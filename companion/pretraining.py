@@ -100,7 +100,10 @@ def replace_head(model: nn.Module, num_classes: int, name: str | None = None) ->
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     name = find_head(model) if name is None else name
-    old = dict(model.named_modules()).get(name)
+    try:
+        old = model.get_submodule(name)
+    except AttributeError:
+        old = None
     if not isinstance(old, nn.Linear):
         found = "nothing" if old is None else type(old).__name__
         raise ValueError(f"{name!r} must name an nn.Linear of {type(model).__name__}, found {found}")
@@ -207,6 +210,7 @@ def extract_features(
 
     Raises:
         TypeError: ``model`` has no ``forward_features`` method.
+        ValueError: ``loader`` yields no batches.
     """
     if not callable(getattr(model, "forward_features", None)):
         raise TypeError(f"{type(model).__name__} has no forward_features method")
@@ -217,6 +221,8 @@ def extract_features(
         features.append(model.forward_features(x.to(device)).flatten(1).float())
         labels.append(y.to(device))
     model.train(was_training)
+    if not features:
+        raise ValueError("extract_features() got a loader that yielded no batches")
     return torch.cat(features), torch.cat(labels)
 
 
@@ -255,6 +261,8 @@ def random_affine(
     if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
         raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {scale!r}")
     batch = images.shape[0]
+    if batch == 0:
+        return images.clone()
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return (low + (high - low) * torch.rand(batch, generator=generator, dtype=torch.float64)).float()
@@ -290,6 +298,8 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
     batch, _, height, width = images.shape
+    if batch == 0:
+        return images.clone()
     cy = torch.randint(0, height, (batch, 1, 1), generator=generator).to(images.device)
     cx = torch.randint(0, width, (batch, 1, 1), generator=generator).to(images.device)
     rows = torch.arange(height, device=images.device).view(1, height, 1) - cy + size // 2
@@ -364,8 +374,9 @@ def pretrain_simclr(
 
     Args:
         backbone: has ``forward_features`` (for example :class:`~companion.cnn.BatchNormCNN`), on ``device``;
-            trained in place.
-        loader: ``(x, y)`` batches (x normalised, B >= 2); ``set_epoch`` is called when it exists.
+            trained in place and returned in the mode it came in.
+        loader: a re-iterable loader with a length (``DeviceLoader`` with ``drop_last=True``, ``DataLoader``)
+            of ``(x, y)`` batches, x normalised, B >= 2; ``set_epoch`` is called when it exists.
         epochs: passes over ``loader``, >= 1.
         device: where the batches go.
         lr: peak learning rate, > 0.
@@ -379,8 +390,8 @@ def pretrain_simclr(
         A :class:`PretrainHistory`.
 
     Raises:
-        ValueError: ``epochs < 1`` or ``lr <= 0``.
-        TypeError: ``backbone`` has no ``forward_features``.
+        ValueError: ``epochs < 1``, ``lr <= 0``, or a batch of fewer than 2 images.
+        TypeError: ``backbone`` has no ``forward_features``, or ``loader`` has no length.
         FloatingPointError: the loss became NaN or infinite (the message names the epoch).
     """
     if epochs < 1:
@@ -389,13 +400,14 @@ def pretrain_simclr(
         raise ValueError(f"lr must be > 0, got {lr}")
     if not callable(getattr(backbone, "forward_features", None)):
         raise TypeError(f"{type(backbone).__name__} has no forward_features method")
+    if not hasattr(loader, "__len__"):
+        raise TypeError(f"loader must be re-iterable with a length (a DeviceLoader or DataLoader), got {type(loader).__name__}")
     generator = torch.Generator().manual_seed(seed)
     first, _ = next(iter(loader))
+    was_training = backbone.training
     with torch.no_grad():
-        was_training = backbone.training
         backbone.eval()
         feature_size = backbone.forward_features(first[:2].to(device)).flatten(1).shape[1]
-        backbone.train(was_training)
     projection = nn.Sequential(
         nn.Linear(feature_size, hidden_size), nn.BatchNorm1d(hidden_size), nn.ReLU(), nn.Linear(hidden_size, projection_dim)
     ).to(device)
@@ -411,6 +423,8 @@ def pretrain_simclr(
             loader.set_epoch(epoch)
         started, total, batches = time.perf_counter(), torch.zeros((), device=device), 0
         for x, _ in tqdm(loader, desc=f"SimCLR epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
+            if len(x) < 2:
+                raise ValueError(f"SimCLR needs batches of >= 2 images, got a batch of {len(x)}; use DeviceLoader(..., drop_last=True)")
             x = x.to(device)
             views = random_affine(torch.cat([x, x]), generator)  # (2B, C, H, W): two views per image
             if cutout_size:
@@ -427,4 +441,5 @@ def pretrain_simclr(
         history.loss.append(total.item() / max(batches, 1))
         if not math.isfinite(history.loss[-1]):
             raise FloatingPointError(f"SimCLR loss became non-finite in epoch {epoch + 1}; lower lr")
+    backbone.train(was_training)
     return history

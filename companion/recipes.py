@@ -170,8 +170,9 @@ def run_recipe(
 
     Under ``torchrun`` (after :func:`companion.distributed.init_distributed`), each of the
     ``W`` processes trains on its shard with ``config.batch_size / W`` samples per step, so
-    that ``config.batch_size`` stays the global batch and the run computes what one
-    process would (the last incomplete global batch of an epoch is dropped).
+    that ``config.batch_size`` stays the global batch; for networks without batch
+    normalisation the run computes what one process would (the last incomplete global batch
+    of an epoch is dropped). Batch normalisation normalises each process's share of the batch.
 
     Args:
         config: the run's settings.

@@ -357,8 +357,11 @@ def fit(
     ``DistributedDataParallel``, which averages gradients over processes in ``backward()``;
     ``train_loader`` must be sharded (``DeviceLoader(..., rank=, world_size=)``) with the
     same number of batches on every process. Training metrics are summed over processes,
-    and only rank 0 shows progress, writes checkpoints and calls ``on_epoch_end``. With
-    per-process batch ``B / world_size`` the updates equal one process's with batch ``B``.
+    batch-norm running statistics are copied from rank 0 after every epoch, and only rank 0
+    shows progress, writes checkpoints and calls ``on_epoch_end``. With per-process batch
+    ``B / world_size`` the updates equal one process's with batch ``B`` for networks without
+    batch-dependent layers; batch normalisation normalises each process's ``B / world_size``
+    samples separately (``nn.SyncBatchNorm.convert_sync_batchnorm`` makes it use all ``B`` on GPUs).
 
     Args:
         model: returns logits (B, K); already on ``device``.
@@ -408,7 +411,8 @@ def fit(
     network, main = model, is_main_process()
     if is_distributed():
         _check_equal_steps(len(train_loader), device)
-        network = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda" else None)
+        gpu = _cuda_index(device)
+        network = nn.parallel.DistributedDataParallel(model, device_ids=None if gpu is None else [gpu])
     for epoch in range(start, epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -443,6 +447,12 @@ def fit(
             _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
         _synchronize(device)
         seconds = time.perf_counter() - started
+        if is_distributed():
+            # DDP averages gradients, not buffers: the last step left each process its own
+            # batch-norm running statistics. Rank 0's go to all, so every process evaluates
+            # (and rank 0 saves) one and the same model.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         if is_distributed():  # metrics of all processes' samples
             totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(count, dtype=torch.float64, device=device)])
             loss_sum, correct, count = all_reduce_sum(totals.to(_collective_device(device))).unbind()
@@ -460,11 +470,19 @@ def fit(
         if checkpoint_path is not None and main:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
         if is_distributed():  # no process reads a checkpoint before rank 0 has written it
-            cuda = torch.device(device).type == "cuda"
-            torch.distributed.barrier(device_ids=[torch.device(device).index or 0] if cuda else None)
+            gpu = _cuda_index(device)
+            torch.distributed.barrier(device_ids=None if gpu is None else [gpu])
         if on_epoch_end is not None and main:
             on_epoch_end(history)
     return history
+
+
+def _cuda_index(device: torch.device | str) -> int | None:
+    """The GPU index of ``device`` (the current GPU for a bare ``"cuda"``), or None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def _check_equal_steps(steps: int, device: torch.device | str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion.data import DeviceLoader
+from companion.data import DeviceLoader, RandomTranslate
 from companion.distributed import get_rank, get_world_size, init_distributed, is_distributed, is_main_process
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -42,6 +42,22 @@ def test_shards_of_each_global_batch_are_the_single_process_batch(world_size, dr
         assert len({len(s) for s in shards}) == 1  # equal steps on every process
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_random_shifts_of_the_shards_are_the_single_process_shifts(world_size):
+    images = torch.zeros(30, 1, 8, 8)
+    images[:, :, 3:5, 3:5] = torch.arange(1.0, 31.0).view(30, 1, 1, 1)  # a distinct blob per image
+    labels = torch.arange(30)
+    shift = RandomTranslate(2)
+    whole = DeviceLoader(images, labels, 2 * world_size, shuffle=True, drop_last=True, device="cpu", seed=5, transform=shift)
+    shards = [DeviceLoader(images, labels, 2, shuffle=True, drop_last=True, device="cpu", seed=5, transform=shift,
+                           rank=r, world_size=world_size) for r in range(world_size)]
+    per_rank = [list(shard) for shard in shards]
+    for step, (x, y) in enumerate(whole):
+        torch.testing.assert_close(torch.cat([batches[step][0] for batches in per_rank]), x)
+        assert torch.equal(torch.cat([batches[step][1] for batches in per_rank]), y)
+    assert not torch.equal(per_rank[0][0][0], images[per_rank[0][0][1]])  # the shifts did move the images
+
+
 def test_shard_arguments_are_checked():
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         DeviceLoader(torch.zeros(4, 1, 1, 1), torch.zeros(4), 2, device="cpu", rank=2, world_size=2)
@@ -55,6 +71,21 @@ def test_without_torchrun_it_is_one_process(monkeypatch):
     info = init_distributed(device="cpu")
     assert (info.rank, info.world_size, info.local_rank, info.device) == (0, 1, 0, torch.device("cpu"))
     assert not is_distributed() and is_main_process() and get_rank() == 0 and get_world_size() == 1
+
+
+def test_an_explicit_gpu_is_kept_without_torchrun(monkeypatch):
+    import companion.distributed as distributed
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    chosen = []
+    monkeypatch.setattr(distributed, "get_device", lambda device=None: torch.device(device))  # pretend 2 GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert init_distributed("cuda:1").device == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under torchrun, LOCAL_RANK picks the GPU
+    assert init_distributed("cuda:1").device == torch.device("cuda", 0)
+    assert chosen == [torch.device("cuda", 1), torch.device("cuda", 0)]
 
 
 def test_bad_torchrun_environment_is_a_clear_error(monkeypatch):
@@ -82,6 +113,18 @@ def test_two_processes_with_half_batches_end_where_one_process_ends(tmp_path):
     assert two["history"]["train_loss"] == pytest.approx(one["history"]["train_loss"], rel=1e-5)
     assert two["history"]["val_accuracy"] == pytest.approx(one["history"]["val_accuracy"])
     assert not torch.equal(one["model"]["fc1.weight"], torch.zeros_like(one["model"]["fc1.weight"]))
+
+
+def test_batch_norm_statistics_are_the_same_on_every_process_after_training(tmp_path):
+    """DDP averages gradients, not buffers; fit() copies rank 0's running statistics so all ranks hold one model."""
+    out = tmp_path / "bn"
+    run = _torchrun(2, str(WORKER), str(out), "24", "batchnorm")
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (torch.load(f"{out}.rank{r}.pt", weights_only=True) for r in (0, 1))
+    for name, value in rank0["model"].items():
+        assert torch.equal(rank1["model"][name], value), name
+    metrics = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    assert [rank0["history"][m] for m in metrics] == [rank1["history"][m] for m in metrics]  # reduced: the same on both
 
 
 def test_processes_with_different_step_counts_are_refused(tmp_path):

@@ -78,6 +78,17 @@ def test_attribution_in_mask_by_hand():
     torch.testing.assert_close(attribution_in_mask(attributions, mask), torch.tensor([0.25, 0.0]))
     with pytest.raises(ValueError, match="expected"):
         attribution_in_mask(attributions[0], mask[0])
+    with pytest.raises(ValueError, match="does not broadcast"):
+        attribution_in_mask(torch.ones(2, 2, 3, 3), torch.ones(2, 1, 2, 2, dtype=torch.bool))
+
+
+def test_attribution_in_mask_counts_a_single_map_once_per_mask_channel():
+    attributions = torch.tensor([[[[2.0, 0.0], [0.0, 2.0]]]])  # (1, 1, 2, 2)
+    mask = torch.zeros(1, 3, 2, 2, dtype=torch.bool)
+    mask[:, :, 0, 0] = True  # the top-left pixel in all three channels
+    torch.testing.assert_close(attribution_in_mask(attributions, mask), torch.tensor([0.5]))
+    mask[:, :, 1, 1] = True
+    torch.testing.assert_close(attribution_in_mask(attributions, mask), torch.tensor([1.0]))
 
 
 def test_bad_inputs_are_clear_errors():

@@ -65,6 +65,13 @@ def test_replace_head_inside_a_sequential_and_by_name():
     assert replace_head(vit, 5, name="heads.head") is vit.heads.head
 
 
+def test_replace_head_under_a_shared_name():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(2, 3))
+    model.alias = model[2]  # the same module under a second name
+    head = replace_head(model, 5, name="alias")
+    assert model.alias is head and head.out_features == 5
+
+
 def test_replace_head_errors():
     with pytest.raises(ValueError, match="num_classes"):
         replace_head(BatchNormCNN(), 0)
@@ -142,6 +149,8 @@ def test_extract_features_matches_forward_features_in_eval_mode():
     assert features.shape == (10, 8 * 16) and torch.equal(labels, y)
     with pytest.raises(TypeError, match="forward_features"):
         extract_features(SeedCNN(), [(x, y)], "cpu")
+    with pytest.raises(ValueError, match="no batches"):
+        extract_features(model, [], "cpu")
 
 
 def _nt_xent_reference(z1, z2, temperature):
@@ -204,6 +213,12 @@ def test_cutout_paints_one_clipped_square_per_image():
         cutout(x, 0, torch.Generator())
 
 
+def test_augmentations_pass_an_empty_batch_through():
+    empty = torch.zeros(0, 1, 28, 28)
+    assert cutout(empty, 4, torch.Generator()).shape == (0, 1, 28, 28)
+    assert random_affine(empty, torch.Generator()).shape == (0, 1, 28, 28)
+
+
 def test_pretrain_simclr_lowers_the_contrastive_loss_on_a_small_batch_set():
     torch.manual_seed(0)
     x = nn.functional.interpolate(torch.randn(64, 1, 4, 4), size=28, mode="bilinear")  # 64 smooth, distinct images
@@ -217,5 +232,16 @@ def test_pretrain_simclr_lowers_the_contrastive_loss_on_a_small_batch_set():
     assert not torch.equal(start["conv1.weight"], model.state_dict()["conv1.weight"])
     with pytest.raises(ValueError, match="epochs"):
         pretrain_simclr(model, loader, epochs=0, device="cpu")
+
+
+def test_pretrain_simclr_restores_the_mode_and_names_its_input_errors():
+    x, y = torch.randn(9, 1, 28, 28), torch.zeros(9, dtype=torch.long)
+    model = BatchNormCNN(channels=(2, 4)).eval()
+    pretrain_simclr(model, DeviceLoader(x, y, 4, drop_last=True, device="cpu"), epochs=1, device="cpu", progress=False)
+    assert not model.training
+    with pytest.raises(ValueError, match="got a batch of 1; use DeviceLoader"):
+        pretrain_simclr(model, DeviceLoader(x, y, 4, device="cpu"), epochs=1, device="cpu", progress=False)  # 4 + 4 + 1
+    with pytest.raises(TypeError, match="re-iterable with a length"):
+        pretrain_simclr(model, ((x[:4], y[:4]) for _ in range(2)), epochs=1, device="cpu")
     with pytest.raises(TypeError, match="forward_features"):
-        pretrain_simclr(SeedCNN(), loader, epochs=1, device="cpu")
+        pretrain_simclr(SeedCNN(), DeviceLoader(x, y, 4, device="cpu"), epochs=1, device="cpu")
