@@ -131,14 +131,13 @@ def evaluate(model: nn.Module, loader: Batches, device: torch.device | str) -> M
                 count += len(y)
     finally:
         model.train(was_training)  # also when the model or the loader raises
+    totals = [0.0 if loss_sum is None else loss_sum.item(), 0.0 if correct is None else correct.item(), float(count)]
     if is_distributed() and getattr(loader, "world_size", 1) > 1:  # each process saw its shard: sum them
-        totals = torch.tensor([0.0 if loss_sum is None else loss_sum.item(), 0 if correct is None else correct.item(), count],
-                              dtype=torch.float64, device=_collective_device(device))
-        loss_total, correct_total, count = all_reduce_sum(totals).tolist()
-        loss_sum, correct, count = torch.tensor(loss_total), torch.tensor(correct_total), int(count)
+        totals = all_reduce_sum(torch.tensor(totals, dtype=torch.float64, device=_collective_device(device))).tolist()
+    loss_total, correct_total, count = totals[0], totals[1], int(totals[2])
     if count == 0:
         raise ValueError("evaluate() got a loader with no samples")
-    return Metrics(loss=loss_sum.item() / count, accuracy=correct.item() / count, num_samples=count)
+    return Metrics(loss=loss_total / count, accuracy=correct_total / count, num_samples=count)
 
 
 def _collective_device(device: torch.device | str) -> torch.device:
@@ -408,8 +407,8 @@ def fit(
     history, start = History(), 0
     if resume and Path(checkpoint_path).is_file():
         start, history = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
-    network, main = model, is_main_process()
-    if is_distributed():
+    network, main, distributed = model, is_main_process(), is_distributed()
+    if distributed:
         _check_equal_steps(len(train_loader), device)
         gpu = _cuda_index(device)
         network = nn.parallel.DistributedDataParallel(model, device_ids=None if gpu is None else [gpu])
@@ -447,13 +446,13 @@ def fit(
             _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
         _synchronize(device)
         seconds = time.perf_counter() - started
-        if is_distributed():
+        if distributed:
             # DDP averages gradients, not buffers: the last step left each process its own
             # batch-norm running statistics. Rank 0's go to all, so every process evaluates
             # (and rank 0 saves) one and the same model.
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
-        if is_distributed():  # metrics of all processes' samples
+            # Metrics of all processes' samples.
             totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(count, dtype=torch.float64, device=device)])
             loss_sum, correct, count = all_reduce_sum(totals.to(_collective_device(device))).unbind()
             count = int(count.item())
@@ -469,7 +468,7 @@ def fit(
         history.lr.append(lr if count else float(optimizer.param_groups[0]["lr"]))
         if checkpoint_path is not None and main:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
-        if is_distributed():  # no process reads a checkpoint before rank 0 has written it
+        if distributed:  # no process reads a checkpoint before rank 0 has written it
             gpu = _cuda_index(device)
             torch.distributed.barrier(device_ids=None if gpu is None else [gpu])
         if on_epoch_end is not None and main:
