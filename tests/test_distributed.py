@@ -88,6 +88,25 @@ def test_an_explicit_gpu_is_kept_without_torchrun(monkeypatch):
     assert chosen == [torch.device("cuda", 1), torch.device("cuda", 0)]
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    import companion.distributed as distributed
+
+    monkeypatch.setattr(distributed, "get_device", lambda device=None: torch.device(device))  # pretend 1 GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(RuntimeError, match="LOCAL_RANK 1 but only 1 CUDA devices"):
+        init_distributed("cuda")
+
+
+def test_run_recipe_needs_a_global_batch_divisible_by_the_processes(monkeypatch):
+    import companion.recipes as recipes
+    from companion.recipes import TrainConfig, run_recipe
+
+    monkeypatch.setattr(recipes, "get_world_size", lambda: 3)
+    with pytest.raises(ValueError, match="batch_size 100 must be divisible by the 3 processes"):
+        run_recipe(TrainConfig(batch_size=100), device="cpu")
+
+
 def test_bad_torchrun_environment_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="must be integers"):

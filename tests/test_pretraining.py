@@ -245,3 +245,8 @@ def test_pretrain_simclr_restores_the_mode_and_names_its_input_errors():
         pretrain_simclr(model, ((x[:4], y[:4]) for _ in range(2)), epochs=1, device="cpu")
     with pytest.raises(TypeError, match="forward_features"):
         pretrain_simclr(SeedCNN(), DeviceLoader(x, y, 4, device="cpu"), epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        pretrain_simclr(model, DeviceLoader(x, y, 4, drop_last=True, device="cpu"), epochs=1, device="cpu", lr=0)
+    nan_images = torch.full((8, 1, 28, 28), float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite in epoch 1"):
+        pretrain_simclr(model, DeviceLoader(nan_images, y[:8], 4, device="cpu"), epochs=1, device="cpu", progress=False)
