@@ -9,11 +9,12 @@ Import it in the chapters and in your own code::
 Modules, one per topic and named like the chapters: :mod:`~companion.device`,
 :mod:`~companion.data`, :mod:`~companion.concepts`, :mod:`~companion.cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`,
 :mod:`~companion.attention`, :mod:`~companion.pretraining`, :mod:`~companion.distributed`, :mod:`~companion.interpret`, :mod:`~companion.train`, :mod:`~companion.recipes`,
-:mod:`~companion.plots` and :mod:`~companion.cli`. ``companion.run_recipe(config)`` trains a
+:mod:`~companion.plots`, :mod:`~companion.notebook` (glue and tables that work outside the book's
+build) and :mod:`~companion.cli`. ``companion.run_recipe(config)`` trains a
 :class:`~companion.recipes.TrainConfig` end to end.
 """
 
-from . import attention, cnn, concepts, data, device, distributed, plots, pretraining, recipes, rnn, summary
+from . import attention, cnn, concepts, data, device, distributed, notebook, plots, pretraining, recipes, rnn, summary
 from .cnn import BatchNormCNN, SeedCNN
 from .data import (
     DeviceLoader,
@@ -49,6 +50,7 @@ __all__ = [
     "device",
     "distributed",
     "interpret",
+    "notebook",
     "plots",
     "pretraining",
     "recipes",

@@ -11,7 +11,12 @@ Explained in the chapter "MNIST in practice".
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
+import tempfile
+import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "CorruptDataError",
     "DataNotFoundError",
+    "RAW_SHA256",
     "DatasetInfo",
     "DeviceLoader",
     "ImageSplit",
@@ -46,6 +52,24 @@ DATA_DIR_ENV = "COMPANION_DATA_DIR"
 #:
 #: :meta hide-value:
 DEFAULT_DATA_DIR = Path("~/.cache/companion/data").expanduser()
+
+#: SHA-256 of the decompressed IDX files, by torchvision folder and file name. Downloads are
+#: checked against these (the content, not the archive: any mirror or recompression passes,
+#: a truncated or wrong file does not, and MNIST cannot pass for Fashion-MNIST).
+RAW_SHA256: dict[str, dict[str, str]] = {
+    "MNIST": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "FashionMNIST": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
 
 _IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049  # IDX: 0x00000803 (uint8, 3 dims), 0x00000801 (uint8, 1 dim)
 
@@ -173,6 +197,53 @@ def _missing_message(info: DatasetInfo, raw: Path, missing: list[str], reason: s
     )
 
 
+def _fetch(url: str, target: Path, sha256: str, timeout: float = 60.0) -> None:
+    """Download the gzip archive at ``url`` and decompress it to ``target``, atomically.
+
+    The bytes go to a hidden temporary file beside ``target``; only when the whole file has
+    arrived and its SHA-256 equals ``sha256`` is it renamed to ``target``. An interrupted or
+    wrong download leaves nothing under the final name (and no temporary file).
+    """
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            with gzip.GzipFile(fileobj=response) as archive:
+                while chunk := archive.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise CorruptDataError(
+                f"{url} decompressed to content with SHA-256 {digest.hexdigest()}, expected {sha256} for {target.name}"
+            )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _download(info: DatasetInfo, raw: Path, missing: list[str]) -> None:
+    """Fetch the ``missing`` files of ``info`` from torchvision's mirror list, one mirror after another.
+
+    Mirrors and archive names are torchvision's (``MNIST.mirrors``, ``MNIST.resources``); the
+    content is checked against :data:`RAW_SHA256` instead of the archive's MD5, so a mirror that
+    recompressed the files is accepted and a wrong or truncated file is not.
+    """
+    dataset_class = info.dataset_class()
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in missing:
+        errors = []
+        for mirror in dataset_class.mirrors:
+            url = f"{mirror.rstrip('/')}/{name}.gz"
+            try:
+                _fetch(url, raw / name, RAW_SHA256[info.folder][name])
+                break
+            except (OSError, CorruptDataError, EOFError, zlib.error) as err:
+                errors.append(f"{url}: {type(err).__name__}: {err}")
+        else:
+            raise OSError(f"no mirror served {name}: " + "; ".join(errors))
+
+
 def load_dataset(
     name: str, train: bool = True, root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> ImageSplit:
@@ -182,7 +253,9 @@ def load_dataset(
         name: ``"mnist"`` or ``"fashion-mnist"`` (case and ``_``/``-`` do not matter).
         train: ``True`` for the 60,000 training images, ``False`` for the 10,000 test images.
         root: data root; ``None`` means ``$COMPANION_DATA_DIR``, then :data:`DEFAULT_DATA_DIR`.
-        download: fetch the files with torchvision if, and only if, they are missing.
+        download: fetch the files if, and only if, they are missing: from torchvision's mirror
+            list, each file written under its name only once complete and checked against
+            :data:`RAW_SHA256`.
 
     Returns:
         An :class:`ImageSplit` with ``images`` uint8 (N, 1, 28, 28) in 0–255 and ``labels`` int64 (N,).
@@ -207,8 +280,8 @@ def load_dataset(
         raise DataNotFoundError(_missing_message(info, raw, missing, "downloading was not allowed (download=False)"))
     if missing:
         try:
-            info.dataset_class()(root=str(root), train=train, download=True)
-        except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
+            _download(info, raw, missing)
+        except (OSError, CorruptDataError, EOFError, zlib.error) as err:  # URLError is an OSError
             first_line = (str(err).strip().splitlines() or [""])[0].rstrip(":")
             raise DataNotFoundError(
                 _missing_message(info, raw, missing, f"the download failed ({type(err).__name__}: {first_line})")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-__all__ = ["DEVICE_ENV", "autocast", "get_device", "seed_everything"]
+__all__ = ["DEVICE_ENV", "autocast", "autocast_dtype", "get_device", "grad_scaler", "seed_everything", "synchronize"]
 
 #: Environment variable that overrides the automatic device choice (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 DEVICE_ENV = "COMPANION_DEVICE"
@@ -98,12 +98,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait until the work queued on ``device`` is done (CUDA, MPS); nothing to wait for on the CPU.
+
+    GPUs run asynchronously: time a block of GPU work with a synchronisation at both ends, or the
+    clock measures work queued, not work done.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The reduced precision :func:`autocast` uses on ``device``, or ``None`` where it is off.
+
+    bfloat16 on a CUDA GPU that supports it (Ampere and newer: ``torch.cuda.is_bf16_supported()``);
+    float16 on older GPUs such as Colab's T4, which need a gradient scaler (:func:`grad_scaler`);
+    ``None`` on the CPU and MPS, where the package trains in float32.
+
+    bfloat16 keeps float32's exponent range (Kalamkar et al., 2019), so gradients do not underflow;
+    float16 does not, hence loss scaling (Micikevicius et al., 2018).
+    """
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device | str, enabled: bool = True) -> Iterator[None]:
-    """Mixed precision that is bfloat16 on CUDA and a no-op elsewhere.
-
-    bfloat16 keeps float32's exponent range, so no gradient scaler is needed
-    (Micikevicius et al., 2018, describe the float16 case that does need one).
+    """Mixed precision on CUDA (the dtype of :func:`autocast_dtype`) and a no-op elsewhere.
 
     Args:
         device: the device the model runs on.
@@ -113,9 +138,20 @@ def autocast(device: torch.device | str, enabled: bool = True) -> Iterator[None]
         >>> with autocast("cpu"):
         ...     y = torch.ones(2) * 2  # float32: autocast is off on the CPU
     """
-    device = torch.device(device)
-    if enabled and device.type == "cuda":
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            yield
-    else:
+    dtype = autocast_dtype(device) if enabled else None
+    if dtype is None:
         yield
+        return
+    with torch.autocast(device_type="cuda", dtype=dtype):
+        yield
+
+
+def grad_scaler(device: torch.device | str, enabled: bool = True) -> torch.amp.GradScaler:
+    """A gradient scaler that is on exactly when :func:`autocast` runs in float16.
+
+    Its ``scale``, ``unscale_``, ``step`` and ``update`` pass everything through unchanged when it
+    is off (bfloat16, float32, the CPU), so a training loop calls them unconditionally.
+    """
+    device = torch.device(device)
+    on = enabled and autocast_dtype(device) == torch.float16
+    return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=on)

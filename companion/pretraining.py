@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .train import _synchronize
+from .device import synchronize
 
 __all__ = [
     "PretrainHistory",
@@ -436,7 +436,7 @@ def pretrain_simclr(
             optimizer.step()
             scheduler.step()
             total, batches = total + loss.detach(), batches + 1
-        _synchronize(device)
+        synchronize(device)
         history.seconds.append(time.perf_counter() - started)
         history.loss.append(total.item() / max(batches, 1))
         if not math.isfinite(history.loss[-1]):

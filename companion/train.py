@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .device import autocast
+from .device import autocast, grad_scaler, synchronize
 from .distributed import all_reduce_sum, is_distributed, is_main_process
 
 __all__ = [
@@ -80,6 +80,20 @@ class History:
     val_accuracy: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+
+    def append(self, **values: float) -> None:
+        """Record one epoch: one value for every field (``epoch``, ``train_loss``, ..., ``lr``).
+
+        Raises:
+            ValueError: a field is missing or an unknown one is given (nothing is recorded).
+        """
+        names = [f.name for f in fields(self)]
+        if set(values) != set(names):
+            missing, unknown = sorted(set(names) - set(values)), sorted(set(values) - set(names))
+            raise ValueError(f"History.append needs exactly the fields {names}; "
+                             f"missing {missing}, unknown {unknown}")
+        for name in names:
+            getattr(self, name).append(values[name])
 
     def __len__(self) -> int:
         return len(self.epoch)
@@ -375,8 +389,10 @@ def fit(
         scheduler_interval: ``"step"`` or ``"epoch"``, when ``scheduler.step()`` is called.
         checkpoint_path: if given, a checkpoint is written there after every epoch.
         resume: continue from ``checkpoint_path`` if that file exists.
-        mixed_precision: run forward passes under :func:`~companion.device.autocast`
-            (bfloat16 on CUDA, no effect elsewhere).
+        mixed_precision: run forward passes under :func:`~companion.device.autocast`: bfloat16
+            on CUDA GPUs that support it, else float16 with a gradient scaler
+            (:func:`~companion.device.grad_scaler`); no effect on the CPU or MPS. The scaler's
+            state is not checkpointed: a resumed float16 run restarts its loss scale.
         max_grad_norm: if given, rescale the gradients so their global 2-norm is at most this
             (``torch.nn.utils.clip_grad_norm_``; Pascanu et al., 2013), before each optimizer step.
         progress: show a tqdm progress bar on stderr.
@@ -412,6 +428,7 @@ def fit(
         _check_equal_steps(len(train_loader), device)
         gpu = _cuda_index(device)
         network = nn.parallel.DistributedDataParallel(model, device_ids=None if gpu is None else [gpu])
+    scaler = grad_scaler(device, enabled=mixed_precision)
     for epoch in range(start, epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -427,11 +444,13 @@ def fit(
                 logits = network(x)  # (B, K); under DDP, backward() also averages the gradients
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()  # float16: loss scaled up, so small gradients survive
             if max_grad_norm is not None:
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             lr = float(optimizer.param_groups[0]["lr"])
-            optimizer.step()
+            scaler.step(optimizer)  # skips the step if a scaled gradient overflowed
+            scaler.update()
             if scheduler is not None and scheduler_interval == "step":
                 scheduler.step()
             losses.append(loss.detach())
@@ -444,7 +463,7 @@ def fit(
                 bar.set_postfix(loss=f"{losses[-1].item():.4f}", refresh=False)
         if len(losses) > checked:
             _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
-        _synchronize(device)
+        synchronize(device)
         seconds = time.perf_counter() - started
         if distributed:
             # DDP averages gradients, not buffers: the last step left each process its own
@@ -459,13 +478,15 @@ def fit(
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
         val = evaluate(model, val_loader, device) if val_loader is not None else None
-        history.epoch.append(epoch + 1)
-        history.train_loss.append(loss_sum.item() / max(count, 1))
-        history.train_accuracy.append(correct.item() / max(count, 1))
-        history.val_loss.append(val.loss if val else math.nan)
-        history.val_accuracy.append(val.accuracy if val else math.nan)
-        history.seconds.append(seconds)
-        history.lr.append(lr if count else float(optimizer.param_groups[0]["lr"]))
+        history.append(
+            epoch=epoch + 1,
+            train_loss=loss_sum.item() / max(count, 1),
+            train_accuracy=correct.item() / max(count, 1),
+            val_loss=val.loss if val else math.nan,
+            val_accuracy=val.accuracy if val else math.nan,
+            seconds=seconds,
+            lr=lr if count else float(optimizer.param_groups[0]["lr"]),
+        )
         if checkpoint_path is not None and main:
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
         if distributed:  # no process reads a checkpoint before rank 0 has written it
@@ -493,12 +514,3 @@ def _check_equal_steps(steps: int, device: torch.device | str) -> None:
             f"processes have between {int(-counts[1].item())} and {int(counts[0].item())} batches per epoch; "
             "use DeviceLoader(..., drop_last=True) so that every process runs the same number of steps"
         )
-
-
-def _synchronize(device: torch.device | str) -> None:
-    """Wait for queued GPU work, so that wall-clock times measure work done, not work queued."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()

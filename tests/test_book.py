@@ -38,7 +38,8 @@ def test_notebook_follows_the_notebook_rules(path):
     source = "\n".join("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"])
     assert "num_workers" not in source or re.search(r"num_workers\s*=\s*0\b", source)
     assert "pin_memory=True" not in source
-    assert "download=True" not in source or "companion.load_" in source  # only the package downloads
+    only_package = "companion.load_" in source or "companion.run_recipe(" in source
+    assert "download=True" not in source or only_package  # only the package downloads
     assert not re.search(r"^\s*!", source, flags=re.M), "no shell commands in notebooks"
     assert "shared/data" not in source, "read the data root from COMPANION_DATA_DIR"
 

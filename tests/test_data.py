@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import shutil
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from companion.data import (
     DATA_DIR_ENV,
     DEFAULT_DATA_DIR,
     CorruptDataError,
+    RAW_SHA256,
     DataNotFoundError,
     DeviceLoader,
     ImageSplit,
@@ -238,46 +238,91 @@ def test_one_split_alone_is_reported_missing(tmp_path):
         load_mnist(train=False, root=tmp_path)
 
 
-class _Offline:
-    """Stands in for a torchvision dataset class on a machine without network: downloads fail."""
+@pytest.fixture(scope="module")
+def mirror(data_dir):
+    """A local mirror of the real files on 127.0.0.1 (tests/mirror.py)."""
+    from mirror import Mirror
 
-    calls: list[dict] = []
-    error: Exception = URLError("no network")
-
-    def __init__(self, root: str, train: bool, download: bool) -> None:
-        type(self).calls.append({"root": root, "train": train, "download": download})
-        raise type(self).error
+    with Mirror(data_dir) as served:
+        yield served
 
 
-@pytest.mark.parametrize("error", [URLError("no network"), RuntimeError("Error downloading train-images-idx3-ubyte")])
+@pytest.fixture
+def mirrored(monkeypatch, mirror):
+    """Point torchvision's mirror lists at the local mirror; each test starts with a complete one."""
+    for folder in ("MNIST", "FashionMNIST"):
+        monkeypatch.setattr(getattr(torchvision.datasets, folder), "mirrors", mirror.mirrors(folder))
+    mirror.truncate = False
+    mirror.requests.clear()
+    return mirror
+
+
 @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
-def test_failed_download_raises_one_clean_error(tmp_path, monkeypatch, error, name, folder):
-    offline = type("Offline", (_Offline,), {"calls": [], "error": error})
-    monkeypatch.setattr(torchvision.datasets, folder, offline)
+def test_download_fetches_the_missing_files_and_checks_their_content(tmp_path, mirrored, data_dir, name, folder):
+    split = load_dataset(name, train=False, root=tmp_path, download=True)
+    raw = tmp_path / folder / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_SHA256[folder])  # no temporary file left
+    for file in RAW_SHA256[folder]:
+        assert (raw / file).read_bytes() == (data_dir / folder / "raw" / file).read_bytes()
+    assert sorted(mirrored.requests) == sorted(f"/{folder}/{file}.gz" for file in RAW_SHA256[folder])
+    assert len(split) == 10_000
+
+
+def test_download_fetches_only_what_is_missing(tmp_path, mirrored, data_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copyfile(data_dir / "MNIST" / "raw" / file, raw / file)
+    load_mnist(train=False, root=tmp_path, download=True)
+    assert mirrored.requests == ["/MNIST/train-images-idx3-ubyte.gz"]
+
+
+def test_interrupted_download_leaves_no_file_under_its_name(tmp_path, mirrored):
+    mirrored.truncate = True
+    with pytest.raises(DataNotFoundError, match="download failed") as info:
+        load_mnist(train=True, root=tmp_path, download=True)
+    assert info.value.__cause__ is None and info.value.__suppress_context__ is True  # raised `from None`
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == []  # neither a partial file nor a temporary one
+    mirrored.truncate = False  # the next try completes
+    assert len(load_mnist(train=True, root=tmp_path, download=True)) == 60_000
+
+
+def test_wrong_content_is_refused(tmp_path, monkeypatch, mirrored):
+    # Fashion-MNIST's archives served as MNIST's: valid gzip, valid IDX, wrong content.
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", mirrored.mirrors("FashionMNIST"))
+    with pytest.raises(DataNotFoundError, match="SHA-256"):
+        load_mnist(train=False, root=tmp_path, download=True)
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == []
+
+
+def test_failed_download_raises_one_clean_error(tmp_path, monkeypatch):
+    # Port 9 (discard) on the loopback address: nothing listens, the connection is refused.
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/a/", "http://127.0.0.1:9/b/"])
     with pytest.raises(DataNotFoundError) as info:
-        load_dataset(name, train=True, root=tmp_path, download=True)
-    assert offline.calls == [{"root": str(tmp_path), "train": True, "download": True}]
+        load_dataset("fashion-mnist", train=True, root=tmp_path, download=True)
     err = info.value
     assert err.__cause__ is None and err.__suppress_context__ is True  # raised `from None`
     message = str(err)
-    assert type(error).__name__ in message and "download failed" in message
-    assert str(tmp_path / folder / "raw") in message and DATA_DIR_ENV in message
+    assert "download failed" in message and "no mirror served" in message
+    assert "127.0.0.1:9/a/" in message and "127.0.0.1:9/b/" in message  # every mirror was tried
+    assert str(tmp_path / "FashionMNIST" / "raw") in message and DATA_DIR_ENV in message
     assert "train-images-idx3-ubyte" in message and "train-labels-idx1-ubyte" in message
 
 
 def test_download_true_does_not_download_present_files(tmp_path, monkeypatch):
     images, labels = tiny_split()
     write_split(tmp_path, "MNIST", images, labels)
-    real, calls = torchvision.datasets.MNIST, []
-
-    def recording(root, train, download):
-        calls.append(download)
-        return real(root=root, train=train, download=download)
-
-    monkeypatch.setattr(torchvision.datasets, "MNIST", recording)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # would fail
     split = load_mnist(train=False, root=tmp_path, download=True)
-    assert calls == [False]
     assert torch.equal(split.labels, labels.long())
+
+
+def test_raw_checksums_are_the_data_folders(data_dir):
+    import hashlib
+
+    for folder, files in RAW_SHA256.items():
+        for file, expected in files.items():
+            assert hashlib.sha256((data_dir / folder / "raw" / file).read_bytes()).hexdigest() == expected
 
 
 def test_truncated_real_label_file(tmp_path, data_dir):

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from companion.device import DEVICE_ENV, autocast, get_device, seed_everything
+from companion.device import (
+    DEVICE_ENV,
+    autocast,
+    autocast_dtype,
+    get_device,
+    grad_scaler,
+    seed_everything,
+    synchronize,
+)
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -181,11 +189,58 @@ def test_autocast_is_a_no_op_on_cpu(device):
 
 
 @cuda_only
-def test_autocast_is_bfloat16_on_cuda():
+def test_autocast_is_reduced_precision_on_cuda():
     a, b = torch.randn(4, 8, device="cuda"), torch.randn(8, 3, device="cuda")
     with autocast("cuda"):
         y = a @ b
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == autocast_dtype("cuda")
     with autocast("cuda", enabled=False):
         z = a @ b
     assert z.dtype == torch.float32
+
+
+# --- mixed precision on the GPUs readers have -------------------------------------------
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_autocast_dtype_follows_the_gpus_bf16_support(monkeypatch, bf16, expected):
+    # Faked capability check: an Ampere-class GPU (bf16) or a T4 (no bf16), without a GPU here.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert autocast_dtype("cuda") == expected
+    assert autocast_dtype(torch.device("cuda:0")) == expected
+    assert autocast_dtype("cpu") is None and autocast_dtype("mps") is None
+
+
+@pytest.mark.parametrize(("bf16", "scaled"), [(True, False), (False, True)])
+def test_grad_scaler_is_on_exactly_for_float16(monkeypatch, bf16, scaled):
+    made = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: made.append((device, enabled)))
+    grad_scaler("cuda")
+    grad_scaler("cuda", enabled=False)
+    grad_scaler("cpu")
+    assert made == [("cuda", scaled), ("cuda", False), ("cpu", False)]
+
+
+def test_grad_scaler_off_passes_everything_through():
+    scaler = grad_scaler("cpu")
+    loss = torch.tensor(2.5, requires_grad=True)
+    assert not scaler.is_enabled() and scaler.scale(loss) is loss
+
+
+@cuda_only
+def test_autocast_on_this_gpu_matches_its_bf16_support():
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    with autocast("cuda"):
+        y = torch.randn(4, 8, device="cuda") @ torch.randn(8, 3, device="cuda")
+    assert y.dtype == expected
+
+
+def test_synchronize_waits_on_the_devices_queue(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append(("mps", None)))
+    synchronize("cpu")
+    synchronize("cuda:0")
+    synchronize(torch.device("mps"))
+    assert waited == [("cuda", torch.device("cuda:0")), ("mps", None)]

@@ -712,3 +712,61 @@ def test_fit_with_mixed_precision_on_cuda_and_resume_on_cpu(tmp_path):
     epoch, _ = load_checkpoint(tmp_path / "c.pt", cpu_model)
     assert epoch == 1
     torch.testing.assert_close(cpu_model.conv1.weight, model.conv1.weight.cpu())
+
+
+class _RecordingScaler(torch.amp.GradScaler):
+    """A real CPU gradient scaler, switched on (as fit's is for float16 on CUDA), that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu", init_scale=2.0**10, enabled=True)
+        self.calls: list[str] = []
+
+    def scale(self, outputs):
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+        return super().unscale_(optimizer)
+
+
+def test_fit_routes_the_step_through_the_gradient_scaler(cpu, monkeypatch):
+    # float16 on CUDA scales the loss; faked on the CPU with a real, enabled scaler. A power-of-two
+    # scale is undone exactly, so the trained weights equal an unscaled run's.
+    import companion.train
+
+    data = random_batches(6)
+    torch.manual_seed(0)
+    plain = nn.Linear(3, 3)
+    scaled = nn.Linear(3, 3)
+    scaled.load_state_dict(plain.state_dict())
+    fit(plain, data, optimizer=torch.optim.SGD(plain.parameters(), lr=0.1), epochs=2, device=cpu,
+        max_grad_norm=1.0, progress=False)
+    recorder = _RecordingScaler()
+    monkeypatch.setattr(companion.train, "grad_scaler", lambda device, enabled: recorder)
+    fit(scaled, data, optimizer=torch.optim.SGD(scaled.parameters(), lr=0.1), epochs=2, device=cpu,
+        max_grad_norm=1.0, mixed_precision=True, progress=False)
+    assert recorder.calls == ["scale", "unscale_"] * 12
+    for (name, a), b in zip(plain.state_dict().items(), scaled.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_history_append_records_one_epoch_in_every_field():
+    history = History()
+    values = dict(epoch=1, train_loss=0.5, train_accuracy=0.8, val_loss=0.4, val_accuracy=0.9, seconds=2.0, lr=0.1)
+    history.append(**values)
+    assert history.to_dict() == {name: [value] for name, value in values.items()}
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"lr": None}, r"missing \['lr'\]"),
+    ({"val_acc": 0.9}, r"unknown \['val_acc'\]"),
+])  # fmt: skip
+def test_history_append_refuses_missing_or_unknown_fields(change, match):
+    values = dict(epoch=1, train_loss=0.5, train_accuracy=0.8, val_loss=0.4, val_accuracy=0.9, seconds=2.0, lr=0.1)
+    values.update(change)
+    values = {k: v for k, v in values.items() if v is not None}
+    history = History()
+    with pytest.raises(ValueError, match=match):
+        history.append(**values)
+    assert len(history) == 0 and history.epoch == []

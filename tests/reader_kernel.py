@@ -1,0 +1,68 @@
+"""Run inside the reader's virtual environment by tests/test_reader_kernel.py (not collected by pytest).
+
+Usage: python reader_kernel.py CHAPTERS_DIR WHOLE_CHAPTER
+
+For every chapter notebook, runs its cells in a fresh kernel of this environment up to and
+including the first cell that loads data (the whole notebook if none does, or if it is
+WHOLE_CHAPTER), and prints one JSON line per chapter: name, cells run, seconds, error (or null).
+Exits 1 if any chapter failed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbclient
+import nbformat
+
+LOADS = re.compile(r"\b(load_mnist|load_fashion_mnist|load_dataset|run_recipe)\(")
+PROBE = (
+    "import importlib.util, json, sys\n"
+    "print(json.dumps({'prefix': sys.prefix, 'myst_nb': importlib.util.find_spec('myst_nb') is not None}))"
+)
+
+
+def cells_to_run(notebook: nbformat.NotebookNode, whole: bool) -> int:
+    """Number of cells up to and including the first code cell that loads data."""
+    if whole:
+        return len(notebook.cells)
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and LOADS.search(cell.source):
+            return index + 1
+    return len(notebook.cells)
+
+
+def run(path: Path, whole: bool) -> dict:
+    notebook = nbformat.read(path, as_version=4)
+    count = cells_to_run(notebook, whole)
+    notebook.cells = [nbformat.v4.new_code_cell(PROBE)] + notebook.cells[:count]
+    started = time.perf_counter()
+    client = nbclient.NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    error = None
+    try:
+        client.execute()
+    except Exception as err:  # report the first line of any failure, then go on with the next chapter
+        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+    probe = json.loads(notebook.cells[0].outputs[0]["text"]) if notebook.cells[0].get("outputs") else {}
+    return {"chapter": path.name, "cells": count, "seconds": round(time.perf_counter() - started, 1),
+            "error": error, "kernel_prefix": probe.get("prefix"), "myst_nb": probe.get("myst_nb")}  # fmt: skip
+
+
+def main() -> int:
+    chapters, whole = Path(sys.argv[1]), sys.argv[2]
+    failed = False
+    for path in sorted(chapters.glob("*.ipynb")):
+        result = run(path, whole=path.stem == whole)
+        print(json.dumps(result), flush=True)
+        failed |= result["error"] is not None
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The first cell of every chapter, written once here, and the check that the chapters use it.
+
+Every chapter starts with the same short cell: where the ``companion`` package (and the extras its
+chapter imports) is installed it does nothing; elsewhere — Colab, a fresh kernel — it installs the
+package from the book's repository. The repository URL is read from ``_config.yml``
+(``repository.url``), the one place that names it; the README's install line uses it too, and
+``tests/test_chapters.py`` checks that all of them agree.
+
+    python tools/first_cell.py           # exit 1 and name the chapters whose first cell differs
+    python tools/first_cell.py --write   # rewrite those cells in the chapters' text sources
+
+After ``--write``, ``jupytext --sync chapters/*.md`` carries the change into the notebooks.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ROOT / "chapters"
+
+#: Optional parts of the package: extra name -> (module a chapter imports, module the extra installs).
+EXTRAS = {"interpret": ("companion.interpret", "captum")}
+
+TEMPLATE = '''\
+# Colab or a fresh kernel: install the package{extras_note} if missing.
+import importlib.util, subprocess, sys
+
+REPOSITORY = "{url}"
+if any(importlib.util.find_spec(name) is None for name in {modules}):
+    spec = f"companion{extras} @ git+{{REPOSITORY}}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
+    importlib.invalidate_caches()'''
+
+MARKER = TEMPLATE.split("{")[0]
+_CELL = re.compile(r"```\{code-cell\}[^\n]*\n(?P<source>.*?)\n```", re.DOTALL)
+
+
+def repository_url(config: Path = ROOT / "_config.yml") -> str:
+    """``repository.url`` of the book's ``_config.yml``."""
+    match = re.search(r"^repository:\s*\n(?:\s+#.*\n)*\s+url:\s*(\S+)", config.read_text(), re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{config} has no repository.url")
+    return match.group(1).strip("'\"")
+
+
+def extras_for(source: str) -> list[str]:
+    """The extras a chapter needs: those whose module its code imports."""
+    return [name for name, (module, _) in EXTRAS.items() if re.search(rf"\b{re.escape(module)}\b", source)]
+
+
+def first_cell(extras: list[str], url: str | None = None) -> str:
+    """The source of the first code cell for a chapter that needs ``extras``."""
+    modules = ("companion", *(EXTRAS[name][1] for name in extras))
+    return TEMPLATE.format(
+        url=url or repository_url(),
+        extras=f"[{','.join(extras)}]" if extras else "",
+        extras_note=" (and the chapter's extras)" if extras else "",
+        modules="(" + ", ".join(f'"{name}"' for name in modules) + ("," if len(modules) == 1 else "") + ")",
+    )
+
+
+def chapter_sources() -> list[Path]:
+    """The chapters' text sources (MyST Markdown notebooks paired with the ``.ipynb``)."""
+    return sorted(CHAPTERS.glob("*.md"))
+
+
+def expected_text(path: Path) -> str:
+    """``path``'s text with :func:`first_cell` as its first code cell (replaced, or inserted)."""
+    text = path.read_text()
+    match = _CELL.search(text)
+    if match is None:
+        raise ValueError(f"{path} has no code cell")
+    if match.group("source").startswith(MARKER):
+        cell = first_cell(extras_for(text[match.end():]))
+        return text[: match.start("source")] + cell + text[match.end("source"):]
+    cell = first_cell(extras_for(text))
+    return text[: match.start()] + "```{code-cell}\n" + cell + "\n```\n\n" + text[match.start():]
+
+
+def main(argv: list[str]) -> int:
+    wrong = [path for path in chapter_sources() if path.read_text() != expected_text(path)]
+    if "--write" in argv:
+        for path in wrong:
+            path.write_text(expected_text(path))
+            print(f"rewrote the first cell of {path.relative_to(ROOT)}")
+        return 0
+    for path in wrong:
+        print(f"{path.relative_to(ROOT)}: the first code cell is not tools/first_cell.py's")
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
