@@ -6,29 +6,48 @@ Import it in the chapters and in your own code::
     device = companion.get_device()
     train = companion.load_mnist(train=True)
 
-Modules, one per topic and named like the chapters: :mod:`~companion.device`,
-:mod:`~companion.data`, :mod:`~companion.concepts`, :mod:`~companion.cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`,
-:mod:`~companion.attention`, :mod:`~companion.pretraining`, :mod:`~companion.distributed`, :mod:`~companion.interpret`, :mod:`~companion.train`, :mod:`~companion.recipes`,
-:mod:`~companion.plots`, :mod:`~companion.notebook` (glue and tables that work outside the book's
-build) and :mod:`~companion.cli`. ``companion.run_recipe(config)`` trains a
-:class:`~companion.recipes.TrainConfig` end to end.
+Modules, one concern each and named like the book's ideas: :mod:`~companion.device`,
+:mod:`~companion.data`, :mod:`~companion.augment`, :mod:`~companion.concepts`, :mod:`~companion.cnn`,
+:mod:`~companion.summary`, :mod:`~companion.rnn`, :mod:`~companion.attention`,
+:mod:`~companion.history`, :mod:`~companion.evaluation`, :mod:`~companion.checkpoint`,
+:mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
+:mod:`~companion.finetune`, :mod:`~companion.simclr`, :mod:`~companion.distributed`,
+:mod:`~companion.interpret`, :mod:`~companion.plots`, :mod:`~companion.notebook` (glue and tables
+that work outside the book's build) and :mod:`~companion.cli`. ``companion.run_recipe(config)``
+trains a :class:`~companion.recipes.TrainConfig` end to end; ``companion.train_model(model,
+split, config)`` trains a model of your own with one.
 """
 
-from . import attention, cnn, concepts, data, device, distributed, notebook, plots, pretraining, recipes, rnn, summary
-from .cnn import BatchNormCNN, SeedCNN
-from .data import (
-    DeviceLoader,
-    ImageSplit,
-    RandomTranslate,
-    data_root,
-    load_dataset,
-    load_fashion_mnist,
-    load_mnist,
-    random_translate,
+from . import (
+    attention,
+    augment,
+    checkpoint,
+    cnn,
+    concepts,
+    data,
+    device,
+    distributed,
+    evaluation,
+    finetune,
+    history,
+    notebook,
+    plots,
+    recipes,
+    rnn,
+    simclr,
+    summary,
+    train,
 )
-from .device import autocast, get_device, seed_everything
-from .recipes import ARTICLE, FAST, IMPROVED, TrainConfig, run_recipe
-from .train import History, Metrics, confusion_matrix, evaluate, fit, load_checkpoint, predict, save_checkpoint
+from .augment import RandomTranslate, random_translate
+from .checkpoint import load_checkpoint, save_checkpoint
+from .cnn import BatchNormCNN, SeedCNN
+from .data import DeviceLoader, ImageSplit, data_root, load_dataset, load_fashion_mnist, load_mnist
+from .device import Timer, autocast, get_device, seed_everything
+from .evaluation import confusion_matrix, eval_mode, evaluate, predict
+from .history import History, Metrics
+from .recipes import ARTICLE, FAST, IMPROVED, TrainConfig, run_recipe, train_model
+from .summary import count_parameters
+from .train import fit
 
 __version__ = "0.1.0"
 
@@ -42,20 +61,26 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    # submodules, one per topic
+    # submodules, one per concern
     "attention",
+    "augment",
+    "checkpoint",
     "cnn",
     "concepts",
     "data",
     "device",
     "distributed",
+    "evaluation",
+    "finetune",
+    "history",
     "interpret",
     "notebook",
     "plots",
-    "pretraining",
     "recipes",
     "rnn",
+    "simclr",
     "summary",
+    "train",
     # the most used names
     "ARTICLE",
     "FAST",
@@ -67,10 +92,13 @@ __all__ = [
     "Metrics",
     "RandomTranslate",
     "SeedCNN",
+    "Timer",
     "TrainConfig",
     "autocast",
     "confusion_matrix",
+    "count_parameters",
     "data_root",
+    "eval_mode",
     "evaluate",
     "fit",
     "get_device",
@@ -80,7 +108,8 @@ __all__ = [
     "load_mnist",
     "predict",
     "random_translate",
-    "save_checkpoint",
     "run_recipe",
+    "save_checkpoint",
     "seed_everything",
+    "train_model",
 ]

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .evaluation import eval_mode
+
 __all__ = [
     "MultiHeadAttention",
     "PatchEmbedding",
@@ -30,6 +32,13 @@ __all__ = [
     "attention_rollout",
     "scaled_dot_product_attention",
 ]
+
+
+def _check_mask_dtype(mask: torch.Tensor, name: str, float_ok: bool = True) -> None:
+    """Masks are boolean, or float scores to add; an integer mask is ambiguous and refused."""
+    if mask.dtype != torch.bool and not (float_ok and mask.is_floating_point()):
+        kinds = "boolean or floating point" if float_ok else "boolean"
+        raise TypeError(f"{name} must be {kinds}, got {mask.dtype}; convert an integer mask with .bool()")
 
 
 def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
@@ -76,6 +85,7 @@ def additive_attention(
 
     Raises:
         ValueError: shapes that do not fit together.
+        TypeError: a mask that is not boolean.
     """
     single = query.ndim == 2
     q = query.unsqueeze(1) if single else query  # (B, M, Dq)
@@ -104,6 +114,7 @@ def additive_attention(
     scores = torch.tanh(projected_q[:, :, None, :] + projected_k[:, None, :, :]) @ v  # (B, M, N)
     allowed = None
     if mask is not None:
+        _check_mask_dtype(mask, "mask", float_ok=False)
         B, M, N = scores.shape
         if tuple(mask.shape) not in ((B, N), (B, M, N)):
             raise ValueError(f"expected mask of shape ({B}, {N}) or ({B}, {M}, {N}), got {tuple(mask.shape)}")
@@ -118,7 +129,10 @@ def scaled_dot_product_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
     is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Scaled dot-product attention (Vaswani et al., 2017), equal to ``F.scaled_dot_product_attention``.
 
@@ -129,7 +143,10 @@ def scaled_dot_product_attention(
         key: (..., N, d_k).
         value: (..., N, d_v).
         attn_mask: broadcastable to (..., M, N): boolean (True = may attend) or float (added to the scores).
+        dropout_p: only 0 is implemented (no attention dropout).
         is_causal: query m may attend only to keys n <= m (needs M == N); not combinable with ``attn_mask``.
+        scale: multiplies the scores instead of 1/√d_k, as PyTorch's ``scale``.
+        enable_gqa: only ``False`` is implemented (no grouped-query attention).
 
     Returns:
         ``(output, weights)``: (..., M, d_v) and (..., M, N). A query with no allowed key gets zero
@@ -137,7 +154,9 @@ def scaled_dot_product_attention(
 
     Raises:
         ValueError: mismatched shapes, a mask that does not broadcast, or ``is_causal`` with ``attn_mask``
-            or with M != N.
+            or with M != N, ``dropout_p`` other than 0, or ``enable_gqa=True``.
+        TypeError: an ``attn_mask`` that is neither boolean nor floating point (an integer mask
+            would be added to the scores; PyTorch's convention for it is ambiguous).
     """
     if query.ndim < 2 or key.ndim != query.ndim or value.ndim != query.ndim:
         raise ValueError(
@@ -149,14 +168,19 @@ def scaled_dot_product_attention(
             f"query and key need the same d_k and key and value the same N, got {tuple(query.shape)}, "
             f"{tuple(key.shape)} and {tuple(value.shape)}"
         )
+    if dropout_p != 0 or enable_gqa:
+        raise ValueError(f"scaled_dot_product_attention implements neither attention dropout nor grouped-query "
+                         f"attention, got dropout_p={dropout_p}, enable_gqa={enable_gqa}")  # fmt: skip
     M, N = query.shape[-2], key.shape[-2]
-    scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])  # (..., M, N)
+    factor = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = query @ key.transpose(-2, -1) * factor  # Q K^T / √d_k: (..., M, N)
     allowed = None
     if is_causal:
         if attn_mask is not None or M != N:
             raise ValueError(f"is_causal needs M == N and no attn_mask, got M={M}, N={N}, attn_mask given: {attn_mask is not None}")
         allowed = torch.ones(M, N, dtype=torch.bool, device=query.device).tril()  # key n <= query m
     elif attn_mask is not None:
+        _check_mask_dtype(attn_mask, "attn_mask")
         try:
             torch.broadcast_shapes(attn_mask.shape, scores.shape)
         except RuntimeError:
@@ -195,6 +219,7 @@ class MultiHeadAttention(nn.Module):
     Raises:
         ValueError: ``embed_dim`` not divisible by ``num_heads``, inputs of the wrong shape or masks of
             the wrong shape.
+        TypeError: a mask that is neither boolean nor floating point.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, batch_first: bool = True) -> None:
@@ -208,9 +233,24 @@ class MultiHeadAttention(nn.Module):
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
-        """A copy of an ``nn.MultiheadAttention`` with equal query, key and value sizes."""
-        if not module._qkv_same_embed_dim or module.bias_k is not None:
-            raise ValueError("from_torch needs an nn.MultiheadAttention with kdim = vdim = embed_dim and no add_bias_kv")
+        """A copy of an ``nn.MultiheadAttention`` with copied weights.
+
+        Raises:
+            ValueError: the module uses an option this class does not implement: attention
+                dropout (``dropout > 0``), ``kdim`` / ``vdim`` other than ``embed_dim``,
+                ``add_bias_kv`` or ``add_zero_attn``.
+        """
+        unsupported = {
+            "dropout": module.dropout != 0,
+            "kdim": module.kdim != module.embed_dim,
+            "vdim": module.vdim != module.embed_dim,
+            "add_bias_kv": module.bias_k is not None,
+            "add_zero_attn": module.add_zero_attn,
+        }
+        if any(unsupported.values()):
+            names = ", ".join(f"{name}={getattr(module, name, True)!r}" for name, bad in unsupported.items() if bad)
+            raise ValueError(f"MultiHeadAttention does not implement {names} of nn.MultiheadAttention; "
+                             "it would compute something else")  # fmt: skip
         ours = cls(module.embed_dim, module.num_heads, bias=module.in_proj_bias is not None, batch_first=module.batch_first)
         ours = ours.to(device=module.in_proj_weight.device, dtype=module.in_proj_weight.dtype)
         with torch.no_grad():
@@ -281,6 +321,7 @@ class MultiHeadAttention(nn.Module):
 
     @staticmethod
     def _as_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        _check_mask_dtype(mask, "mask")
         if mask.dtype == torch.bool:
             return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
         return mask.to(dtype)
@@ -308,11 +349,46 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 2.0) -> None:
         super().__init__()
-        hidden = int(embed_dim * mlp_ratio)
+        hidden = round(embed_dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(embed_dim)
         self.attn = MultiHeadAttention(embed_dim, num_heads, batch_first=True)
         self.norm2 = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> TransformerBlock:
+        """A copy of ``nn.TransformerEncoderLayer(norm_first=True, activation="gelu", dropout=0,
+        batch_first=True)``, weights and layer-norm epsilons included.
+
+        Raises:
+            ValueError: the layer uses what this block does not implement: post-norm
+                (``norm_first=False``), an activation other than exact GELU, dropout, or
+                ``batch_first=False``, ``bias=False``; or its attention has an option
+                :meth:`MultiHeadAttention.from_torch` refuses.
+        """
+        gelu = layer.activation is F.gelu or (isinstance(layer.activation, nn.GELU) and layer.activation.approximate == "none")
+        dropouts = {name: getattr(layer, name).p for name in ("dropout", "dropout1", "dropout2")}
+        unsupported = {
+            "norm_first=False": not layer.norm_first,
+            f"activation={layer.activation!r}": not gelu,
+            f"dropout={max(dropouts.values())}": any(p > 0 for p in dropouts.values()),
+            "batch_first=False": not layer.self_attn.batch_first,
+            "bias=False": layer.linear1.bias is None,
+        }
+        if any(unsupported.values()):
+            names = ", ".join(name for name, bad in unsupported.items() if bad)
+            raise ValueError(f"TransformerBlock does not implement {names} of nn.TransformerEncoderLayer")
+        embed_dim, hidden = layer.linear1.in_features, layer.linear1.out_features
+        block = cls(embed_dim, layer.self_attn.num_heads, mlp_ratio=hidden / embed_dim)
+        block.attn = MultiHeadAttention.from_torch(layer.self_attn)
+        block.norm1.eps, block.norm2.eps = layer.norm1.eps, layer.norm2.eps
+        block = block.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
+        pairs = [(block.norm1, layer.norm1), (block.norm2, layer.norm2), (block.mlp[0], layer.linear1), (block.mlp[2], layer.linear2)]
+        with torch.no_grad():
+            for ours, theirs in pairs:
+                ours.weight.copy_(theirs.weight)
+                ours.bias.copy_(theirs.bias)
+        return block
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         h = self.norm1(x)
@@ -420,13 +496,12 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every block's attention weights per head, (B, nh, N + 1, N + 1) each, in eval mode."""
-        was_training = self.training
-        self.eval()
-        tokens, maps = self._tokens(x), []
-        for block in self.blocks:
-            tokens, weights = block(tokens, return_attention=True)
-            maps.append(weights)
-        self.train(was_training)
+        maps = []
+        with eval_mode(self):  # the previous mode comes back, also on an error
+            tokens = self._tokens(x)
+            for block in self.blocks:
+                tokens, weights = block(tokens, return_attention=True)
+                maps.append(weights)
         return maps
 
 

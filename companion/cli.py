@@ -18,22 +18,31 @@ import torch
 from .data import CorruptDataError, DataNotFoundError
 from .distributed import destroy_distributed, init_distributed
 from .recipes import ARTICLE, FAST, IMPROVED, MODELS, TrainConfig, run_recipe
-from .train import History, NonFiniteLossError
+from .history import History
+from .train import NonFiniteLossError
 
 __all__ = ["build_parser", "main"]
 
 RECIPES = {"default": TrainConfig(), "article": ARTICLE, "improved": IMPROVED, "fast": FAST}
 
 
+def _number(text: str, kind: type, expected: str):
+    """``kind(text)``, or argparse's error saying what was expected (not a private function's name)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "an integer >= 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float, "a number > 0")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
@@ -48,7 +57,7 @@ def _device_name(text: str) -> str:
 
 
 def _seed(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "an integer in [0, 2**32)")
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text}")
     return value

@@ -206,9 +206,16 @@ def _pool_windows(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | N
     return cols, (H_out, W_out), (kH, kW, sH, sW, pH, pW)
 
 
+def _refuse_options(function: str, **given: tuple[object, object]) -> None:
+    """Raise for every PyTorch option given a value other than the one this function implements."""
+    for name, (value, implemented) in given.items():
+        if value != implemented:
+            raise ValueError(f"{function} implements only {name}={implemented!r} (PyTorch's default), got {name}={value!r}")
+
+
 def max_pool2d(
     input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-    return_indices: bool = False,
+    dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     r"""2-D max pooling with stride, equal to :func:`torch.nn.functional.max_pool2d`.
 
@@ -221,6 +228,7 @@ def max_pool2d(
         kernel_size: window size k (int or pair).
         stride: step s (default ``kernel_size``, as in PyTorch).
         padding: p <= k / 2 on each side.
+        dilation, ceil_mode: PyTorch's options; only their defaults (1, ``False``) are implemented.
         return_indices: also return where each maximum came from.
 
     Returns:
@@ -228,9 +236,10 @@ def max_pool2d(
         flattened H × W input plane (PyTorch's convention; ties go to the first in row-major order).
 
     Raises:
-        ValueError: wrong rank, non-positive stride, padding over half the kernel, or a kernel
-            larger than the padded input.
+        ValueError: wrong rank, non-positive stride, padding over half the kernel, a kernel
+            larger than the padded input, or ``dilation`` / ``ceil_mode`` other than the defaults.
     """
+    _refuse_options("max_pool2d", dilation=(_pair(dilation, "dilation", 1), (1, 1)), ceil_mode=(ceil_mode, False))
     cols, (H_out, W_out), (kH, kW, sH, sW, pH, pW) = _pool_windows(input, kernel_size, stride, padding, float("-inf"))
     values, offsets = cols.max(dim=1)  # (B*C, L): the first maximum of each window
     B, C, H, W = input.shape
@@ -245,7 +254,10 @@ def max_pool2d(
     return out, indices.long().view(B, C, H_out, W_out)
 
 
-def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0) -> torch.Tensor:
+def avg_pool2d(
+    input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+) -> torch.Tensor:  # fmt: skip
     r"""2-D average pooling with stride, equal to :func:`torch.nn.functional.avg_pool2d` (its defaults).
 
     .. math:: O(x, y) = \frac{1}{k_H k_W} \sum_{i, j} I(s x + i - p,\; s y + j - p)
@@ -255,13 +267,17 @@ def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None
     Args:
         input: (B, C, H, W) float.
         kernel_size, stride, padding: as in :func:`max_pool2d`.
+        ceil_mode, count_include_pad, divisor_override: PyTorch's options; only their defaults
+            (``False``, ``True``, ``None``) are implemented.
 
     Returns:
         (B, C, H_out, W_out) averages.
 
     Raises:
-        ValueError: as :func:`max_pool2d`.
+        ValueError: as :func:`max_pool2d`, or an option other than its default.
     """
+    _refuse_options("avg_pool2d", ceil_mode=(ceil_mode, False), count_include_pad=(count_include_pad, True),
+                    divisor_override=(divisor_override, None))  # fmt: skip
     cols, (H_out, W_out), _ = _pool_windows(input, kernel_size, stride, padding, 0.0)
     B, C = input.shape[:2]
     return cols.mean(dim=1).view(B, C, H_out, W_out)

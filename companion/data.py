@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from .device import get_device
@@ -37,12 +36,11 @@ __all__ = [
     "DatasetInfo",
     "DeviceLoader",
     "ImageSplit",
-    "RandomTranslate",
     "data_root",
     "load_dataset",
     "load_fashion_mnist",
     "load_mnist",
-    "random_translate",
+    "balanced_subset",
 ]
 
 #: Environment variable naming the data root.
@@ -137,6 +135,19 @@ class ImageSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def normalize(self, images: torch.Tensor | None = None) -> torch.Tensor:
+        """``(images / 255 − mean) / std`` as float32, with this dataset's training statistics.
+
+        The normalisation the package's loaders apply (LeCun et al., 1998b, recommend inputs of
+        mean 0 and variance 1). ``images`` defaults to the split's own; pass any uint8 images
+        in 0–255 (for example a slice, or images on a GPU) to normalise them the same way.
+
+        Returns:
+            float32, the shape and device of ``images``.
+        """
+        images = self.images if images is None else images
+        return (images.float() / 255 - self.mean) / self.std
 
     def head(self, n: int) -> ImageSplit:
         """The first ``n`` samples as a new split (views, no copy)."""
@@ -308,48 +319,31 @@ def load_fashion_mnist(
     return load_dataset("fashion-mnist", train=train, root=root, download=download)
 
 
-def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Shift each image by its own random whole-pixel offset in [-max_shift, max_shift].
-
-    Borders are filled by replicating the edge pixels, which for MNIST-like images is
-    the background whatever the normalisation.
+def balanced_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` randomly chosen samples of every class, class by class.
 
     Args:
-        images: float tensor (B, C, H, W), on any device.
-        max_shift: largest shift in pixels, >= 0.
-        generator: CPU generator for the offsets (``None``: the global one).
+        labels: class indices (N,), int.
+        per_class: samples to take from each class, >= 1.
+        seed: seeds the choice (a CPU ``torch.Generator``; the same on every device).
 
     Returns:
-        A new tensor, same shape, dtype and device; the input is not modified.
+        int64 indices (num_classes · per_class,) into ``labels``, on the CPU.
 
     Raises:
-        ValueError: ``images`` is not 4-D or ``max_shift`` is negative.
+        ValueError: ``per_class < 1``, or a class has fewer than ``per_class`` samples.
     """
-    if images.ndim != 4:
-        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
-    if max_shift < 0:
-        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    if max_shift == 0:
-        return images.clone()
-    B, C, H, W = images.shape
-    s, device = max_shift, images.device
-    padded = F.pad(images, (s, s, s, s), mode="replicate")  # (B, C, H + 2s, W + 2s)
-    offsets = torch.randint(0, 2 * s + 1, (2, B), generator=generator).to(device)
-    rows = torch.arange(H, device=device) + offsets[0, :, None]  # (B, H)
-    cols = torch.arange(W, device=device) + offsets[1, :, None]  # (B, W)
-    batch = torch.arange(B, device=device)[:, None, None]  # (B, 1, 1)
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
-
-
-@dataclass(frozen=True)
-class RandomTranslate:
-    """Batch transform for :class:`DeviceLoader`: :func:`random_translate` with a fixed ``max_shift`` (pixels)."""
-
-    max_shift: int = 2
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return random_translate(images, self.max_shift, generator)
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    labels = labels.cpu()
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == label).flatten()
+        if len(members) < per_class:
+            raise ValueError(f"class {label} has {len(members)} samples, fewer than per_class={per_class}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen)
 
 
 class DeviceLoader:
@@ -373,7 +367,7 @@ class DeviceLoader:
         std: divides after subtracting ``mean``; 1 by default, must be > 0.
         seed: seed of the shuffling and of ``transform``'s randomness.
         transform: optional batch transform ``f(x, generator) -> x`` applied to every batch,
-            for example :class:`RandomTranslate`.
+            for example :class:`~companion.augment.RandomTranslate`.
         rank, world_size: for distributed data-parallel training (chapter "Trends, measured"):
             every process draws the same permutation and process ``rank`` takes the
             ``rank``-th slice of ``batch_size`` samples of each global batch of

@@ -3,7 +3,9 @@
 The package does not implement distribution; it uses ``DistributedDataParallel`` (Li et al.,
 2020), which averages gradients across processes during ``backward()``. This module holds
 the few pieces around it: start the process group from the environment ``torchrun`` sets,
-say which process is the main one, and sum metrics over processes.
+say which process is the main one, wrap a model in DDP, check that every process runs as many
+steps, copy batch-norm statistics from rank 0 after an epoch, sum metrics over processes, and
+wait for each other at a barrier.
 :func:`companion.train.fit` and :class:`companion.data.DeviceLoader` use them, so the same
 training code runs in one process or in many::
 
@@ -25,12 +27,17 @@ from .device import get_device
 __all__ = [
     "DistributedInfo",
     "all_reduce_sum",
+    "barrier",
+    "broadcast_buffers",
+    "check_equal_steps",
+    "collective_device",
     "destroy_distributed",
     "get_rank",
     "get_world_size",
     "init_distributed",
     "is_distributed",
     "is_main_process",
+    "wrap_ddp",
 ]
 
 
@@ -125,3 +132,67 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def collective_device(device: torch.device | str) -> torch.device:
+    """Where tensors for a collective must live: the GPU for ``nccl``, the CPU for ``gloo``."""
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _cuda_index(device: torch.device | str) -> int | None:
+    """The GPU index of ``device`` (the current GPU for a bare ``"cuda"``), or None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``model`` inside ``DistributedDataParallel`` in a process group, else ``model`` itself.
+
+    DDP averages the gradients over processes during ``backward()`` (Li et al., 2020); the
+    wrapper shares ``model``'s parameters, so an optimizer built on ``model`` trains both.
+    """
+    if not is_distributed():
+        return model
+    gpu = _cuda_index(device)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=None if gpu is None else [gpu])
+
+
+def check_equal_steps(steps: int, device: torch.device | str) -> None:
+    """Fail on every process if the processes would run different numbers of steps.
+
+    DDP's gradient averaging waits for every process at every step: one process with a batch
+    fewer would make the others wait forever. No-op outside a process group.
+
+    Raises:
+        ValueError: the processes' step counts differ (the message gives the range).
+    """
+    if not is_distributed():
+        return
+    counts = torch.tensor([steps, -steps], dtype=torch.float64, device=collective_device(device))
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    if counts[0].item() != -counts[1].item():
+        raise ValueError(
+            f"processes have between {int(-counts[1].item())} and {int(counts[0].item())} batches per epoch; "
+            "use DeviceLoader(..., drop_last=True) so that every process runs the same number of steps"
+        )
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy every buffer (batch-norm running statistics) from rank 0 to all processes.
+
+    DDP averages gradients, not buffers: after an epoch each process has its own running
+    statistics. Copying rank 0's makes every process hold one and the same model.
+    """
+    if is_distributed():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def barrier(device: torch.device | str) -> None:
+    """Wait until every process arrives here (no-op outside a process group)."""
+    if is_distributed():
+        gpu = _cuda_index(device)
+        dist.barrier(device_ids=None if gpu is None else [gpu])

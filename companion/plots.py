@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from .train import History
+from .history import History
 
 __all__ = ["plot_confusion_matrix", "plot_history", "show_images"]
 
@@ -29,8 +29,8 @@ def plot_history(
     """Learning curves: one panel per metric, one line per run, against the epoch.
 
     Args:
-        histories: a :class:`~companion.train.History`, or ``{run name: History}``.
-        metrics: :class:`~companion.train.History` fields to draw (``train_loss``, ``train_accuracy``,
+        histories: a :class:`~companion.history.History`, or ``{run name: History}``.
+        metrics: :class:`~companion.history.History` fields to draw (``train_loss``, ``train_accuracy``,
             ``val_loss``, ``val_accuracy``).
 
     Raises:

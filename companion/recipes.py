@@ -9,7 +9,7 @@ The command line (``python -m companion train``) is a thin layer over :func:`run
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -20,12 +20,27 @@ from torch import nn
 
 from .cnn import BatchNormCNN, SeedCNN
 from .concepts import MLP, LogisticRegression
-from .data import DATASETS, DeviceLoader, RandomTranslate, load_dataset
+from .augment import RandomTranslate
+from .data import DATASETS, DeviceLoader, ImageSplit, load_dataset
 from .device import get_device, seed_everything
 from .distributed import get_rank, get_world_size
-from .train import History, Metrics, evaluate, fit
+from .evaluation import evaluate
+from .history import History, Metrics
+from .train import fit
 
-__all__ = ["ARTICLE", "FAST", "IMPROVED", "MODELS", "TrainConfig", "TrainResult", "build_model", "build_optimizer", "run_recipe"]
+__all__ = [
+    "ARTICLE",
+    "FAST",
+    "IMPROVED",
+    "MODELS",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+    "run_recipe",
+    "train_model",
+]
 
 #: Model names accepted by :func:`build_model` and the command line.
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -54,6 +69,7 @@ class TrainConfig:
         label_smoothing: in [0, 1); 0 is plain cross-entropy.
         max_shift: random translation per training image, in pixels (0: none).
         channels_last: store the model's weights channels-last (faster convolutions on CPU for wide layers).
+        max_grad_norm: clip the gradients' global 2-norm to this before every step (``None``: no clipping).
         seed: seeds the initial weights, the shuffling and the shifts.
     """
 
@@ -69,6 +85,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     max_shift: int = 0
     channels_last: bool = False
+    max_grad_norm: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,6 +101,7 @@ class TrainConfig:
             (self.schedule in ("constant", "one-cycle"), f"schedule must be 'constant' or 'one-cycle', got {self.schedule!r}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.max_shift >= 0, f"max_shift must be >= 0, got {self.max_shift}"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
         ]
         for ok, message in checks:
@@ -143,13 +161,100 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     return MODELS[name](num_classes=num_classes)
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer ``config`` names, over all of ``model``'s parameters."""
+def build_optimizer(config: TrainConfig, params: nn.Module | Iterable) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, over a model's parameters or given parameter groups.
+
+    Args:
+        config: ``optimizer``, ``lr``, ``momentum`` and ``weight_decay`` are used.
+        params: a model, an iterable of parameters, or parameter groups (dicts with ``"params"``
+            and optionally their own ``"lr"``, as :func:`companion.finetune.param_groups` makes).
+
+    SGD (with momentum; Sutskever et al., 2013) or AdamW (Loshchilov & Hutter, 2019): AdamW
+    decays the weights directly, θ ← θ − lr · (m̂ / (√v̂ + ε) + λ θ), instead of adding λθ to
+    the gradient.
+    """
+    params = params.parameters() if isinstance(params, nn.Module) else params
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The schedule ``config`` names, stepped every batch: ``None`` for ``"constant"``.
+
+    ``"one-cycle"`` (Smith & Topin, 2019) warms each group's learning rate up to its ``lr``
+    over the first 30 % of the ``config.epochs · steps_per_epoch`` steps, then anneals it
+    towards zero with a cosine.
+    """
+    if config.schedule != "one-cycle":
+        return None
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=config.epochs * steps_per_epoch)
+
+
+def _loader(data: ImageSplit | Iterable, batch_size: int, *, device, **kwargs) -> Iterable:
+    if isinstance(data, ImageSplit):
+        return DeviceLoader.from_split(data, batch_size, device=device, **kwargs)
+    return data
+
+
+def train_model(
+    model: nn.Module,
+    train: ImageSplit | Iterable,
+    config: TrainConfig,
+    *,
+    val: ImageSplit | Iterable | None = None,
+    params: Iterable | None = None,
+    device: str | torch.device | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[History], None] | None = None,
+) -> History:
+    """Train a given ``model`` with ``config``'s training settings; return its History.
+
+    ``config.model`` and ``config.dataset`` are not used (the model and the data are given);
+    every other field is: the batch size, optimizer, learning rate and schedule, weight decay,
+    label smoothing, shifts, channels-last, gradient clipping, epochs and seed (of the shuffling
+    and the shifts; seed the model's initial weights before building it).
+
+    Args:
+        model: on ``device``.
+        train: an :class:`~companion.data.ImageSplit` (batched by a shuffled
+            :class:`~companion.data.DeviceLoader` of ``config.batch_size``) or a ready loader.
+        config: the run's settings.
+        val: validation data (a split, batched by 1000, or a loader), for ``History.val_*``.
+        params: parameter groups for the optimizer (for example
+            :func:`companion.finetune.param_groups`); default all of ``model``'s parameters.
+        device: see :func:`~companion.device.get_device`.
+        checkpoint_path, resume, progress, on_epoch_end: passed to :func:`~companion.train.fit`.
+
+    Returns:
+        The :class:`~companion.history.History`.
+
+    Raises:
+        ValueError: as :func:`~companion.train.fit`.
+    """
+    device = get_device(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    transform = RandomTranslate(config.max_shift) if config.max_shift else None
+    train_loader = _loader(train, config.batch_size, device=device, shuffle=True, seed=config.seed,
+                           transform=transform)  # fmt: skip
+    val_loader = _loader(val, 1000, device=device) if val is not None else None
+    optimizer = build_optimizer(config, model if params is None else params)
+    scheduler = build_scheduler(config, optimizer, len(train_loader))
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+
+    return fit(
+        model, train_loader, optimizer=optimizer, epochs=config.epochs, device=device, loss_fn=loss_fn,
+        val_loader=val_loader, scheduler=scheduler, max_grad_norm=config.max_grad_norm,
+        checkpoint_path=checkpoint_path, resume=resume, progress=progress, on_epoch_end=on_epoch_end,
+    )  # fmt: skip
 
 
 def run_recipe(
@@ -165,8 +270,8 @@ def run_recipe(
 ) -> TrainResult:
     """Train ``config`` on its dataset's training split; validate and test on the test split.
 
-    The test split is evaluated after every epoch to draw learning curves; the recipes'
-    settings are fixed in advance, not selected on it.
+    The test split is evaluated after every epoch to draw learning curves (``History.val_*``
+    then hold test metrics); the recipes' settings are fixed in advance, not selected on it.
 
     Under ``torchrun`` (after :func:`companion.distributed.init_distributed`), each of the
     ``W`` processes trains on its shard with ``config.batch_size / W`` samples per step, so
@@ -179,7 +284,7 @@ def run_recipe(
         root: data root (see :func:`~companion.data.data_root`).
         device: see :func:`~companion.device.get_device`.
         checkpoint_path, resume, progress, on_epoch_end: passed to :func:`~companion.train.fit`.
-        download: let torchvision download the dataset if its files are missing.
+        download: download the dataset if its files are missing.
 
     Returns:
         A :class:`TrainResult`.
@@ -197,8 +302,6 @@ def run_recipe(
     train_split = load_dataset(config.dataset, train=True, root=root, download=download)
     test_split = load_dataset(config.dataset, train=False, root=root, download=download)
     model = build_model(config.model, num_classes=len(train_split.classes)).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     transform = RandomTranslate(config.max_shift) if config.max_shift else None
     shard = {"rank": rank, "world_size": world_size}  # one process: the whole split
     train_loader = DeviceLoader.from_split(
@@ -206,29 +309,10 @@ def run_recipe(
         transform=transform, drop_last=world_size > 1, **shard,
     )
     test_loader = DeviceLoader.from_split(test_split, 1000, device=device, **shard)
-    optimizer = build_optimizer(config, model)
-    scheduler = None
-    if config.schedule == "one-cycle":
-        total_steps = config.epochs * len(train_loader)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
-
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-
-    history = fit(
-        model,
-        train_loader,
-        optimizer=optimizer,
-        epochs=config.epochs,
-        device=device,
-        loss_fn=loss_fn,
-        val_loader=test_loader,
-        scheduler=scheduler,
-        checkpoint_path=checkpoint_path,
-        resume=resume,
-        progress=progress,
-        on_epoch_end=on_epoch_end,
-    )
+    history = train_model(
+        model, train_loader, config, val=test_loader, device=device, checkpoint_path=checkpoint_path,
+        resume=resume, progress=progress, on_epoch_end=on_epoch_end,
+    )  # fmt: skip
     test = evaluate(model, test_loader, device)
     model.eval()
     return TrainResult(model=model, history=history, test=test)

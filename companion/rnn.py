@@ -13,11 +13,12 @@ Chapter "Recurrent networks" derives the equations and proves these modules equa
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "Recurrent", "RowClassifier"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "LSTMGates", "RNN", "RNNCell", "Recurrent", "RowClassifier"]
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -82,6 +83,15 @@ class RNNCell(_Cell):
         return torch.tanh(xi + hh)  # h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
 
 
+class LSTMGates(NamedTuple):
+    """The gate activations of one LSTM step, each (B, H): input, forget, candidate, output."""
+
+    i: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+    o: torch.Tensor
+
+
 class LSTMCell(_Cell):
     r"""Long short-term memory cell (Hochreiter & Schmidhuber, 1997; forget gate: Gers et al., 2000).
 
@@ -114,7 +124,14 @@ class LSTMCell(_Cell):
         o = torch.sigmoid(a_o)  # output gate
         return i, f, g, o
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None, return_gates: bool = False
+    ):
+        """One step: ``(h', c')``, or ``(h', c', gates)`` with ``return_gates=True``.
+
+        ``gates`` is an :class:`LSTMGates` of the step's i, f, g, o, each (B, H): the values
+        the chapter plots, from the same computation that produced ``h'`` and ``c'``.
+        """
         self._check(x)
         if state is None:
             zeros = x.new_zeros(x.shape[0], self.hidden_size)
@@ -125,6 +142,8 @@ class LSTMCell(_Cell):
         i, f, g, o = self.gates(x, h)
         c_next = f * c + i * g  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
         h_next = o * torch.tanh(c_next)  # h_t = o_t ⊙ tanh(c_t)
+        if return_gates:
+            return h_next, c_next, LSTMGates(i, f, g, o)
         return h_next, c_next
 
 

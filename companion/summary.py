@@ -5,27 +5,32 @@ Chapter "Convolutional networks" uses both on SeedCNN.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .evaluation import eval_mode
+
 __all__ = ["LayerInfo", "ReceptiveField", "count_parameters", "layer_table", "receptive_fields"]
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+def count_parameters(module: nn.Module | Iterable[torch.Tensor], trainable_only: bool = False) -> int:
     """Number of scalar parameters of ``module`` (each shared tensor counted once).
 
     Args:
-        module: any ``nn.Module``.
+        module: any ``nn.Module``, or an iterable of parameter tensors (an optimizer's
+            ``param_groups[k]["params"]``).
         trainable_only: count only parameters with ``requires_grad=True``
-            (what an optimizer would update after :func:`companion.pretraining.freeze`).
+            (what an optimizer would update after :func:`companion.finetune.freeze`).
 
     Returns:
         The count, an int >= 0.
     """
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    params = module.parameters() if isinstance(module, nn.Module) else module
+    unique = {id(p): p for p in params}.values()
+    return sum(p.numel() for p in unique if p.requires_grad or not trainable_only)
 
 
 @dataclass(frozen=True)
@@ -87,17 +92,14 @@ def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]
 
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     handles = [m.register_forward_hook(record(name)) for name, m in leaves]
-    was_training = model.training
     try:
-        model.eval()
         parameter = next(model.parameters(), None)
         kwargs = {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(*input_shape, **kwargs))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return rows
 
 

@@ -1,7 +1,13 @@
-"""Training and evaluation loops, training history and checkpoints.
+"""The training loop: one epoch of steps, a guard against non-finite losses, and ``fit``.
 
-The loop is pytorch/examples' MNIST loop made explicit about devices, with per-sample
-averaging, a non-finite-loss guard and atomic, resumable checkpoints.
+:func:`train_epoch` is pytorch/examples' MNIST ``train()`` made explicit about devices: every
+step moves a batch to the device, computes a loss, back-propagates and steps the optimizer (and
+the scheduler, per step). The loss of a step comes from ``batch_loss(model, x, y)``, by default
+cross-entropy of the model's logits, so the same epoch function trains a classifier and SimCLR
+(:mod:`companion.simclr`). :func:`fit` runs epochs, validates, records a
+:class:`~companion.history.History`, writes checkpoints and, inside a process group, trains with
+DistributedDataParallel (:mod:`companion.distributed`).
+
 Explained in the chapter "MNIST in practice".
 """
 
@@ -9,10 +15,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,319 +26,213 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .device import autocast, grad_scaler, synchronize
-from .distributed import all_reduce_sum, is_distributed, is_main_process
+from .distributed import (
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    check_equal_steps,
+    collective_device,
+    is_distributed,
+    is_main_process,
+    wrap_ddp,
+)
+from .evaluation import evaluate
+from .history import History
 
-__all__ = [
-    "History",
-    "Metrics",
-    "NonFiniteLossError",
-    "confusion_matrix",
-    "evaluate",
-    "fit",
-    "load_checkpoint",
-    "predict",
-    "save_checkpoint",
-]
+__all__ = ["EpochStats", "NonFiniteGuard", "NonFiniteLossError", "classification_loss", "fit", "train_epoch"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``batch_loss(model, x, y) -> (loss, logits or None)``: the loss of one step (a 0-d tensor) and,
+#: for classifiers, the logits (B, K) that the epoch's training accuracy is counted from.
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """Loss and accuracy averaged over samples.
+def classification_loss(loss_fn: LossFn = F.cross_entropy) -> BatchLoss:
+    """The default ``batch_loss``: ``loss_fn(model(x), y)``, with the logits for the accuracy."""
 
-    Attributes:
-        loss: mean cross-entropy per sample (nats).
-        accuracy: fraction of samples classified correctly, in [0, 1].
-        num_samples: number of samples averaged over.
+    def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)  # (B, K)
+        return loss_fn(logits.float(), y), logits
+
+    return batch_loss
+
+
+class NonFiniteGuard:
+    """Collect each step's loss on the device and check a window of them with one sync.
+
+    A GPU runs ahead of Python; reading a loss every step (``loss.item()``) would make it wait.
+    The guard keeps the losses as device tensors and checks ``check_every`` of them at once,
+    and the rest at :meth:`finish`; the error names the epoch and the first bad step (1-based).
+    Inside a process group every process learns whether any process saw a bad loss, so that
+    all of them stop together instead of waiting for the one that stopped.
+
+    Raises:
+        ValueError: ``check_every < 1``.
     """
 
-    loss: float
-    accuracy: float
-    num_samples: int
+    def __init__(self, epoch: int, check_every: int = 25) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.epoch, self.check_every = epoch, check_every
+        self.losses: list[torch.Tensor] = []
+        self.checked = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Record one step's loss; check the window when it is full."""
+        self.losses.append(loss.detach())
+        if len(self.losses) - self.checked == self.check_every:
+            self._check()
+
+    def finish(self) -> None:
+        """Check the losses not checked yet (call at the end of the epoch)."""
+        if len(self.losses) > self.checked:
+            self._check()
+
+    def _check(self) -> None:
+        window, first = self.losses[self.checked :], self.checked + 1
+        self.checked = len(self.losses)
+        finite = torch.isfinite(torch.stack(window))
+        ok = bool(finite.all())
+        if is_distributed():
+            bad = torch.tensor([float(not ok)], device=collective_device(finite.device))
+            if all_reduce_sum(bad).item() and ok:
+                raise NonFiniteLossError(f"training loss became non-finite on another process at epoch "
+                                         f"{self.epoch}, steps {first}-{first + len(window) - 1}")  # fmt: skip
+        if not ok:
+            step = first + int((~finite).nonzero()[0])
+            raise NonFiniteLossError(
+                f"training loss became {self.losses[step - 1].item()} at epoch {self.epoch}, step {step} "
+                f"(1-based); lower the learning rate or check the inputs"
+            )
 
 
 @dataclass
-class History:
-    """Per-epoch record of a :func:`fit` run; every list has one entry per epoch.
+class EpochStats:
+    """Totals of one epoch of :func:`train_epoch`, on this process.
 
     Attributes:
-        epoch: epoch numbers, starting at 1.
-        train_loss: mean training loss per sample, as optimised (including label smoothing).
-        train_accuracy: training accuracy in [0, 1], measured on the fly in training mode.
-        val_loss: validation loss per sample (NaN when no validation data was given).
-        val_accuracy: validation accuracy in [0, 1] (NaN when no validation data was given).
-        seconds: wall-clock seconds of the epoch's training steps (validation excluded).
-        lr: learning rate of the first parameter group in the epoch's last optimizer step.
+        loss_sum: sum over samples of the step losses (0-d float64 tensor on the device).
+        correct: correctly classified samples (0-d tensor), or ``None`` when ``batch_loss``
+            returns no logits (SimCLR).
+        count: samples seen.
+        seconds: wall-clock seconds of the steps (the device synchronised at the end).
+        lr: learning rate of the first parameter group in the last step.
     """
 
-    epoch: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    train_accuracy: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
+    loss_sum: torch.Tensor
+    correct: torch.Tensor | None
+    count: int
+    seconds: float
+    lr: float
 
-    def append(self, **values: float) -> None:
-        """Record one epoch: one value for every field (``epoch``, ``train_loss``, ..., ``lr``).
-
-        Raises:
-            ValueError: a field is missing or an unknown one is given (nothing is recorded).
-        """
-        names = [f.name for f in fields(self)]
-        if set(values) != set(names):
-            missing, unknown = sorted(set(names) - set(values)), sorted(set(values) - set(names))
-            raise ValueError(f"History.append needs exactly the fields {names}; "
-                             f"missing {missing}, unknown {unknown}")
-        for name in names:
-            getattr(self, name).append(values[name])
-
-    def __len__(self) -> int:
-        return len(self.epoch)
-
-    @property
-    def total_seconds(self) -> float:
-        """Training seconds summed over epochs."""
-        return float(sum(self.seconds))
-
-    def to_dict(self) -> dict[str, list]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, list]) -> History:
-        return cls(**{k: list(v) for k, v in data.items()})
+    def all_reduced(self, device: torch.device | str) -> EpochStats:
+        """The totals summed over all processes (itself when not distributed)."""
+        if not is_distributed():
+            return self
+        correct = self.correct if self.correct is not None else torch.zeros(())
+        totals = torch.stack([self.loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(float(self.count))])
+        loss_sum, correct, count = all_reduce_sum(totals.to(collective_device(device))).unbind()
+        return EpochStats(loss_sum, correct if self.correct is not None else None, int(count.item()), self.seconds, self.lr)
 
 
-def evaluate(model: nn.Module, loader: Batches, device: torch.device | str) -> Metrics:
-    """Cross-entropy and accuracy of ``model`` over every sample of ``loader``.
-
-    Runs in ``eval()`` mode under :func:`torch.inference_mode` and restores the
-    model's previous mode. Sums per-sample losses, so a short last batch weighs by its size.
-
-    Args:
-        model: returns logits (B, K) for inputs (B, ...).
-        loader: iterable of ``(x, y)`` batches, ``y`` int64 (B,) class indices.
-        device: where the model is; batches are moved there.
-
-    Returns:
-        :class:`Metrics` averaged over samples. Under distributed training, when ``loader``
-        is sharded (``loader.world_size > 1``), over the samples of all processes.
-
-    Raises:
-        ValueError: the loader yields no samples.
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum = correct = None
-    count = 0
-    try:
-        with torch.inference_mode():
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                logits = model(x).float()  # (B, K)
-                batch_loss = F.cross_entropy(logits, y, reduction="sum")
-                batch_correct = (logits.argmax(1) == y).sum()
-                loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-                correct = batch_correct if correct is None else correct + batch_correct
-                count += len(y)
-    finally:
-        model.train(was_training)  # also when the model or the loader raises
-    totals = [0.0 if loss_sum is None else loss_sum.item(), 0.0 if correct is None else correct.item(), float(count)]
-    if is_distributed() and getattr(loader, "world_size", 1) > 1:  # each process saw its shard: sum them
-        totals = all_reduce_sum(torch.tensor(totals, dtype=torch.float64, device=_collective_device(device))).tolist()
-    loss_total, correct_total, count = totals[0], totals[1], int(totals[2])
-    if count == 0:
-        raise ValueError("evaluate() got a loader with no samples")
-    return Metrics(loss=loss_total / count, accuracy=correct_total / count, num_samples=count)
-
-
-def _collective_device(device: torch.device | str) -> torch.device:
-    """Where tensors for a collective must live: the GPU for nccl, the CPU for gloo."""
-    device = torch.device(device)
-    return device if device.type == "cuda" else torch.device("cpu")
-
-
-def predict(model: nn.Module, loader: Batches, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for every sample of ``loader``, on the CPU.
-
-    Returns:
-        ``(logits, labels)``: float32 (N, K) and int64 (N,), in the loader's order.
-
-    Raises:
-        ValueError: the loader yields no batches.
-    """
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    try:
-        with torch.inference_mode():
-            for x, y in loader:
-                logits.append(model(x.to(device)).float().cpu())
-                labels.append(y.cpu())
-    finally:
-        model.train(was_training)  # also when the model or the loader raises
-    if not labels:
-        raise ValueError("predict() got a loader with no samples")
-    return torch.cat(logits), torch.cat(labels)
-
-
-def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Count matrix ``C[i, j]`` = number of samples of true class ``i`` predicted as ``j``.
-
-    Args:
-        predictions: int64 (N,) predicted classes in [0, num_classes).
-        labels: int64 (N,) true classes in [0, num_classes).
-        num_classes: K.
-
-    Returns:
-        int64 (K, K) on the inputs' device; rows sum to the class counts.
-
-    Raises:
-        ValueError: shapes differ or a value lies outside [0, num_classes).
-    """
-    if predictions.shape != labels.shape or predictions.ndim != 1:
-        raise ValueError(
-            f"expected predictions and labels of the same shape (N,), got {tuple(predictions.shape)} and {tuple(labels.shape)}"
-        )
-    for name, t in (("predictions", predictions), ("labels", labels)):
-        if len(t) and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-            raise ValueError(f"{name} must lie in [0, {num_classes}), got values in [{int(t.min())}, {int(t.max())}]")
-    flat = labels.long() * num_classes + predictions.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def save_checkpoint(
-    path: str | os.PathLike[str],
+def train_epoch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loader: Batches,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str,
     *,
-    epoch: int = 0,
-    history: History | None = None,
-) -> Path:
-    """Write a checkpoint atomically: to a temporary file in the same folder, then renamed.
+    epoch: int = 1,
+    batch_loss: BatchLoss | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    mixed_precision: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    max_grad_norm: float | None = None,
+    check_every: int = 25,
+    progress: bool = False,
+    desc: str | None = None,
+) -> EpochStats:
+    """Train ``model`` for one pass over ``loader`` (the model is put in ``train()`` mode).
 
-    The file holds only tensors, numbers, strings, lists and dicts, so it loads with
-    ``torch.load(path, weights_only=True)``. Tensors are saved from the CPU, so a
-    checkpoint written on a GPU loads on a CPU-only machine.
+    Each step: move the batch to ``device``; forward under :func:`~companion.device.autocast`
+    when ``mixed_precision``; ``loss, logits = batch_loss(model, x, y)``; backward (through
+    ``scaler`` for float16); clip the gradients' global 2-norm to ``max_grad_norm`` when given
+    (Pascanu et al., 2013); step the optimizer, then ``scheduler`` (a per-step schedule such as
+    ``OneCycleLR``). Losses are checked by a :class:`NonFiniteGuard`.
 
     Args:
-        path: destination file; its folder is created if missing.
-        model: its ``state_dict()`` is saved.
-        optimizer, scheduler: their ``state_dict()`` are saved when given.
-        epoch: number of completed epochs.
-        history: the :class:`History` so far.
+        model: the network (or its DDP wrapper) on ``device``.
+        loader: ``(x, y)`` batches; if it has ``set_epoch``, it is called with ``epoch - 1``.
+        optimizer: over ``model``'s parameters.
+        device: where batches go.
+        epoch: 1-based epoch number, for ``set_epoch`` and the messages.
+        batch_loss: see :data:`BatchLoss`; default :func:`classification_loss` (cross-entropy).
+        scheduler: stepped after every optimizer step, if given.
+        mixed_precision: autocast the forward pass (CUDA only).
+        scaler: a gradient scaler (default :func:`~companion.device.grad_scaler`).
+        max_grad_norm: clip threshold, > 0, or ``None``.
+        check_every: steps per non-finite check, >= 1.
+        progress: show a tqdm bar; ``desc`` labels it.
 
     Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": _to_cpu(model.state_dict()),
-        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": int(epoch),
-        "history": (history or History()).to_dict(),
-        "torch_rng_state": torch.get_rng_state(),
-        "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-) -> tuple[int, History]:
-    """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and optimizer, scheduler).
-
-    Loads with ``weights_only=True`` onto the CPU; ``load_state_dict`` then copies
-    the tensors to wherever ``model`` and ``optimizer`` live. Also restores the CPU random-number
-    state, and the CUDA ones when the checkpoint has them and this machine has as many GPUs, so a
-    resumed run continues as an uninterrupted one would.
-
-    Returns:
-        ``(epoch, history)``: completed epochs and the :class:`History` so far.
+        :class:`EpochStats` of this process.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a checkpoint of this package, or holds another model's weights.
+        NonFiniteLossError: a loss became NaN or infinite (the message names epoch and step).
+        ValueError: ``check_every < 1``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch.save file: UnpicklingError, EOFError, KeyError, RuntimeError, ...
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise ValueError(f"{path} is not a companion checkpoint: torch.load failed ({type(err).__name__}: {reason})") from err
-    if not isinstance(state, dict) or not {"model", "epoch", "history"} <= state.keys():
-        raise ValueError(f"{path} is not a companion checkpoint (expected keys model, epoch, history)")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:  # missing/unexpected keys or shape mismatches: another model's checkpoint
-        reason = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path} holds weights of a different model than {type(model).__name__}: {reason}") from err
-    if optimizer is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if state.get("torch_rng_state") is not None:
-        torch.set_rng_state(state["torch_rng_state"])
-    cuda_states = state.get("cuda_rng_states") or []
-    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    return state["epoch"], History.from_dict(state["history"])
+    batch_loss = batch_loss or classification_loss()
+    scaler = scaler or grad_scaler(device, enabled=mixed_precision)
+    guard = NonFiniteGuard(epoch, check_every)
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch - 1)
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct, count, lr = None, 0, float(optimizer.param_groups[0]["lr"])
+    started = time.perf_counter()
+    for x, y in tqdm(loader, desc=desc or f"epoch {epoch}", disable=not progress, leave=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, enabled=mixed_precision):
+            loss, logits = batch_loss(model, x, y)  # under DDP, backward() also averages the gradients
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # float16: loss scaled up, so small gradients survive
+        if max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        lr = float(optimizer.param_groups[0]["lr"])
+        scaler.step(optimizer)  # skips the step if a scaled gradient overflowed
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        guard.add(loss)
+        loss_sum += loss.detach() * len(x)
+        if logits is not None:
+            hits = (logits.detach().argmax(1) == y).sum()
+            correct = hits if correct is None else correct + hits
+        count += len(x)
+    guard.finish()
+    synchronize(device)
+    return EpochStats(loss_sum, correct, count, time.perf_counter() - started, lr)
 
 
-def _raise_if_non_finite(losses: list[torch.Tensor], first_step: int, epoch: int) -> None:
-    """Check a window of per-step losses with one device sync; name the first bad step.
-
-    Under distributed training every process learns whether any process saw a bad loss,
-    so that all of them stop together instead of waiting for the one that stopped.
-    """
-    finite = torch.isfinite(torch.stack(losses))
-    if is_distributed():
-        bad = torch.tensor([float(not bool(finite.all()))], device=_collective_device(finite.device))
-        if all_reduce_sum(bad).item() and bool(finite.all()):
-            raise NonFiniteLossError(f"training loss became non-finite on another process at epoch {epoch}, "
-                                     f"steps {first_step}-{first_step + len(losses) - 1}")
-    if not bool(finite.all()):
-        step = first_step + int((~finite).nonzero()[0])
-        raise NonFiniteLossError(
-            f"training loss became {losses[step - first_step].item()} at epoch {epoch}, step {step} "
-            f"(1-based); lower the learning rate or check the inputs"
-        )
+def _check_fit_arguments(epochs, check_every, max_grad_norm, scheduler_interval, resume, checkpoint_path) -> None:
+    checks = [
+        (epochs >= 0, f"epochs must be >= 0, got {epochs}"),
+        (check_every >= 1, f"check_every must be >= 1, got {check_every}"),
+        (max_grad_norm is None or max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}"),
+        (scheduler_interval in ("step", "epoch"),
+         f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}"),
+        (not resume or checkpoint_path is not None, "resume=True needs a checkpoint_path"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def fit(
@@ -344,6 +243,7 @@ def fit(
     epochs: int,
     device: torch.device | str,
     loss_fn: LossFn | None = None,
+    batch_loss: BatchLoss | None = None,
     val_loader: Batches | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scheduler_interval: Literal["step", "epoch"] = "step",
@@ -355,15 +255,13 @@ def fit(
     check_every: int = 25,
     on_epoch_end: Callable[[History], None] | None = None,
 ) -> History:
-    """Train ``model`` for ``epochs`` epochs and return its :class:`History`.
+    """Train ``model`` for ``epochs`` epochs of :func:`train_epoch` and return its :class:`History`.
 
-    Each step: forward in ``train()`` mode, ``loss_fn(logits, y)``, backward, optimizer
-    step, then the scheduler when ``scheduler_interval="step"`` (for example
-    ``OneCycleLR``); ``"epoch"`` steps it once per epoch (for example ``StepLR``).
-    Validation runs :func:`evaluate` after every epoch. Losses stay on the device and are
-    checked for NaN/inf every ``check_every`` steps and at the end of each epoch, so the
-    loop syncs with a GPU rarely; a non-finite loss stops training with an error naming the
-    epoch and the first bad step.
+    After every epoch: the scheduler steps if ``scheduler_interval="epoch"`` (for example
+    ``StepLR``; ``"step"`` steps it every batch, for example ``OneCycleLR``), :func:`evaluate`
+    runs on ``val_loader``, the History gains a row, a checkpoint is written, ``on_epoch_end``
+    is called. With ``resume`` and an existing checkpoint, training continues after its epoch
+    exactly as an uninterrupted run would.
 
     **Distributed data parallel.** Inside a process group (started by ``torchrun`` and
     :func:`companion.distributed.init_distributed`), ``fit`` wraps ``model`` in
@@ -377,140 +275,69 @@ def fit(
     samples separately (``nn.SyncBatchNorm.convert_sync_batchnorm`` makes it use all ``B`` on GPUs).
 
     Args:
-        model: returns logits (B, K); already on ``device``.
-        train_loader: iterable of ``(x, y)`` batches; if it has ``set_epoch`` (as
-            :class:`~companion.data.DeviceLoader`), it is called with the 0-based epoch.
-        optimizer: optimizer over ``model``'s parameters.
+        model: on ``device``; returns logits (B, K) unless ``batch_loss`` says otherwise.
+        train_loader: ``(x, y)`` batches; ``set_epoch`` is called when it exists.
+        optimizer: over ``model``'s parameters.
         epochs: total number of epochs (a resumed run counts the epochs already done).
         device: where batches are moved.
         loss_fn: ``loss_fn(logits, y)`` → scalar mean loss; default cross-entropy.
-        val_loader: optional validation batches.
-        scheduler: optional learning-rate scheduler.
-        scheduler_interval: ``"step"`` or ``"epoch"``, when ``scheduler.step()`` is called.
+        batch_loss: the step's loss instead (see :func:`train_epoch`); excludes ``loss_fn``.
+        val_loader: optional validation batches (``History.val_*``; NaN without).
+        scheduler, scheduler_interval: the learning-rate schedule and when it steps.
         checkpoint_path: if given, a checkpoint is written there after every epoch.
         resume: continue from ``checkpoint_path`` if that file exists.
-        mixed_precision: run forward passes under :func:`~companion.device.autocast`: bfloat16
-            on CUDA GPUs that support it, else float16 with a gradient scaler
-            (:func:`~companion.device.grad_scaler`); no effect on the CPU or MPS. The scaler's
-            state is not checkpointed: a resumed float16 run restarts its loss scale.
-        max_grad_norm: if given, rescale the gradients so their global 2-norm is at most this
-            (``torch.nn.utils.clip_grad_norm_``; Pascanu et al., 2013), before each optimizer step.
+        mixed_precision: autocast on CUDA: bfloat16 where supported, else float16 with a
+            gradient scaler (:func:`~companion.device.grad_scaler`); no effect on the CPU or MPS.
+            The scaler's state is not checkpointed: a resumed float16 run restarts its loss scale.
+        max_grad_norm: clip the gradients' global 2-norm to this before each step.
         progress: show a tqdm progress bar on stderr.
         check_every: steps between NaN/inf checks (>= 1).
-        on_epoch_end: called with the updated :class:`History` after every epoch
-            (after the checkpoint is written), for example to print a line.
+        on_epoch_end: called with the updated :class:`History` after every epoch.
 
     Returns:
         The :class:`History`, including epochs restored from a checkpoint.
 
     Raises:
         ValueError: ``epochs < 0``, ``check_every < 1``, ``max_grad_norm <= 0``, ``resume`` without
-            ``checkpoint_path``, an unknown ``scheduler_interval``, or (distributed) processes
-            with different numbers of batches per epoch.
+            ``checkpoint_path``, an unknown ``scheduler_interval``, both ``loss_fn`` and
+            ``batch_loss``, or (distributed) processes with different numbers of batches per epoch.
         NonFiniteLossError: the training loss became NaN or infinite.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
-    if scheduler_interval not in ("step", "epoch"):
-        raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-    if resume and checkpoint_path is None:
-        raise ValueError("resume=True needs a checkpoint_path")
-    loss_fn = loss_fn or F.cross_entropy
+    _check_fit_arguments(epochs, check_every, max_grad_norm, scheduler_interval, resume, checkpoint_path)
+    if loss_fn is not None and batch_loss is not None:
+        raise ValueError("give loss_fn or batch_loss, not both")
+    batch_loss = batch_loss or classification_loss(loss_fn or F.cross_entropy)
     history, start = History(), 0
     if resume and Path(checkpoint_path).is_file():
         start, history = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
-    network, main, distributed = model, is_main_process(), is_distributed()
-    if distributed:
-        _check_equal_steps(len(train_loader), device)
-        gpu = _cuda_index(device)
-        network = nn.parallel.DistributedDataParallel(model, device_ids=None if gpu is None else [gpu])
+    check_equal_steps(len(train_loader), device)
+    network, main = wrap_ddp(model, device), is_main_process()
     scaler = grad_scaler(device, enabled=mixed_precision)
-    for epoch in range(start, epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        model.train()
-        losses: list[torch.Tensor] = []
-        loss_sum = correct = torch.zeros((), device=device)
-        count, checked = 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and main), leave=False)
-        started = time.perf_counter()
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, enabled=mixed_precision):
-                logits = network(x)  # (B, K); under DDP, backward() also averages the gradients
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # float16: loss scaled up, so small gradients survive
-            if max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            lr = float(optimizer.param_groups[0]["lr"])
-            scaler.step(optimizer)  # skips the step if a scaled gradient overflowed
-            scaler.update()
-            if scheduler is not None and scheduler_interval == "step":
-                scheduler.step()
-            losses.append(loss.detach())
-            loss_sum = loss_sum + loss.detach() * len(y)
-            correct = correct + (logits.detach().argmax(1) == y).sum()
-            count += len(y)
-            if len(losses) - checked == check_every:
-                _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
-                checked = len(losses)
-                bar.set_postfix(loss=f"{losses[-1].item():.4f}", refresh=False)
-        if len(losses) > checked:
-            _raise_if_non_finite(losses[checked:], checked + 1, epoch + 1)
-        synchronize(device)
-        seconds = time.perf_counter() - started
-        if distributed:
-            # DDP averages gradients, not buffers: the last step left each process its own
-            # batch-norm running statistics. Rank 0's go to all, so every process evaluates
-            # (and rank 0 saves) one and the same model.
-            for buffer in model.buffers():
-                torch.distributed.broadcast(buffer, src=0)
-            # Metrics of all processes' samples.
-            totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(count, dtype=torch.float64, device=device)])
-            loss_sum, correct, count = all_reduce_sum(totals.to(_collective_device(device))).unbind()
-            count = int(count.item())
+    for epoch in range(start + 1, epochs + 1):
+        stats = train_epoch(
+            network, train_loader, optimizer, device, epoch=epoch, batch_loss=batch_loss,
+            scheduler=scheduler if scheduler_interval == "step" else None, mixed_precision=mixed_precision,
+            scaler=scaler, max_grad_norm=max_grad_norm, check_every=check_every,
+            progress=progress and main, desc=f"epoch {epoch}/{epochs}",
+        )  # fmt: skip
+        broadcast_buffers(model)  # every process evaluates (and rank 0 saves) one and the same model
+        stats = stats.all_reduced(device)
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
         val = evaluate(model, val_loader, device) if val_loader is not None else None
+        count = max(stats.count, 1)
         history.append(
-            epoch=epoch + 1,
-            train_loss=loss_sum.item() / max(count, 1),
-            train_accuracy=correct.item() / max(count, 1),
+            epoch=epoch,
+            train_loss=stats.loss_sum.item() / count,
+            train_accuracy=stats.correct.item() / count if stats.correct is not None else math.nan,
             val_loss=val.loss if val else math.nan,
             val_accuracy=val.accuracy if val else math.nan,
-            seconds=seconds,
-            lr=lr if count else float(optimizer.param_groups[0]["lr"]),
+            seconds=stats.seconds,
+            lr=stats.lr,
         )
         if checkpoint_path is not None and main:
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch + 1, history=history)
-        if distributed:  # no process reads a checkpoint before rank 0 has written it
-            gpu = _cuda_index(device)
-            torch.distributed.barrier(device_ids=None if gpu is None else [gpu])
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch=epoch, history=history)
+        barrier(device)  # no process reads a checkpoint before rank 0 has written it
         if on_epoch_end is not None and main:
             on_epoch_end(history)
     return history
-
-
-def _cuda_index(device: torch.device | str) -> int | None:
-    """The GPU index of ``device`` (the current GPU for a bare ``"cuda"``), or None off CUDA."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return torch.cuda.current_device() if device.index is None else device.index
-
-
-def _check_equal_steps(steps: int, device: torch.device | str) -> None:
-    """DDP needs every process to run the same number of steps, or the gradient averaging waits forever."""
-    counts = torch.tensor([steps, -steps], dtype=torch.float64, device=_collective_device(device))
-    torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
-    if counts[0].item() != -counts[1].item():
-        raise ValueError(
-            f"processes have between {int(-counts[1].item())} and {int(counts[0].item())} batches per epoch; "
-            "use DeviceLoader(..., drop_last=True) so that every process runs the same number of steps"
-        )

@@ -9,6 +9,7 @@ dataset must fail the run rather than hide the tests.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,41 @@ def small_data(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
 @pytest.fixture
 def cpu() -> torch.device:
     return torch.device("cpu")
+
+
+# --- devices and dtypes for the equivalence tests --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where and in what dtype an equivalence test runs, and the tolerances that dtype deserves.
+
+    float64 on the CPU is the book's proof (differences at rounding level); float32, and CUDA
+    when present, check that the same code holds on the devices readers train on. CUDA float32
+    convolutions may use TF32, hence the looser tolerance there.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    rtol: float
+    atol: float
+
+    def randn(self, *shape: int, seed: int = 0) -> torch.Tensor:
+        """Seeded normal samples, drawn on the CPU in float64 (the same numbers everywhere), then moved."""
+        values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return values.to(self.device, self.dtype)
+
+    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor) -> None:
+        torch.testing.assert_close(actual, expected, rtol=self.rtol, atol=self.atol)
+
+
+_TOLERANCES = {("cpu", torch.float64): (1e-7, 1e-10), ("cpu", torch.float32): (1e-4, 1e-5),
+               ("cuda", torch.float64): (1e-7, 1e-10), ("cuda", torch.float32): (2e-3, 2e-3)}  # fmt: skip
+_PRECISIONS = [(d, t) for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) for t in (torch.float64, torch.float32)]
+
+
+@pytest.fixture(params=_PRECISIONS, ids=lambda p: f"{p[0]}-{str(p[1]).removeprefix('torch.')}")
+def precision(request) -> Precision:
+    """Each equivalence test once per device (CPU, and CUDA when present) and dtype (float64, float32)."""
+    device, dtype = request.param
+    return Precision(torch.device(device), dtype, *_TOLERANCES[(device, dtype)])

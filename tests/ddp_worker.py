@@ -13,7 +13,8 @@ import torch
 
 from companion.cnn import BatchNormCNN
 from companion.concepts import MLP
-from companion.data import DeviceLoader, RandomTranslate
+from companion.augment import RandomTranslate
+from companion.data import DeviceLoader
 from companion.distributed import destroy_distributed, init_distributed
 from companion.train import fit
 

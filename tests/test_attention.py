@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,16 +29,20 @@ def rand(*shape, seed=0):
 def grads(fn, *inputs):
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     out = fn(*leaves)
-    probe = rand(*out.shape, seed=42)
+    probe = rand(*out.shape, seed=42).to(out.device, out.dtype)
     return out, torch.autograd.grad((out * probe).sum(), leaves)
 
 
-def assert_same(ours, theirs, *inputs):
+def assert_same(ours, theirs, *inputs, precision=None):
+    """Equal values and gradients; on ``precision``'s device and dtype, with its tolerances, if given."""
+    if precision is not None:
+        inputs = [t.to(precision.device, precision.dtype) for t in inputs]
+    check = precision.assert_close if precision is not None else torch.testing.assert_close
     out_a, grads_a = grads(ours, *inputs)
     out_b, grads_b = grads(theirs, *inputs)
-    torch.testing.assert_close(out_a, out_b)
+    check(out_a, out_b)
     for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(a, b)
+        check(a, b)
 
 
 # --- scaled dot-product ------------------------------------------------------------------------------------
@@ -49,12 +55,29 @@ def bool_mask(M, N, seed=1):
 
 
 @pytest.mark.parametrize("mask_kind", [None, "bool", "float", "batched bool"])
-def test_sdpa_equals_pytorch(mask_kind):
+def test_sdpa_equals_pytorch(mask_kind, precision):
     q, k, v = rand(2, 3, 5, 4), rand(2, 3, 6, 4, seed=1), rand(2, 3, 6, 7, seed=2)  # M != N, d_k != d_v
     mask = {None: None, "bool": bool_mask(5, 6), "float": rand(5, 6, seed=3),
             "batched bool": bool_mask(5, 6).expand(2, 1, 5, 6)}[mask_kind]  # fmt: skip
+    if mask is not None:
+        mask = mask.to(precision.device, precision.dtype if mask.is_floating_point() else torch.bool)
     assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask)[0],
-                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v)  # fmt: skip
+                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v,
+                precision=precision)  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_sdpa_scale_equals_pytorch(scale):
+    q, k, v = rand(2, 5, 4), rand(2, 6, 4, seed=1), rand(2, 6, 3, seed=2)
+    assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, scale=scale)[0],
+                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=scale), q, k, v)  # fmt: skip
+
+
+@pytest.mark.parametrize("kwargs", [{"dropout_p": 0.1}, {"enable_gqa": True}])
+def test_sdpa_refuses_dropout_and_grouped_queries(kwargs):
+    q = rand(2, 5, 4)
+    with pytest.raises(ValueError, match="neither attention dropout nor grouped-query"):
+        scaled_dot_product_attention(q, q, q, **kwargs)
 
 
 def test_sdpa_weights_are_the_softmax_of_scaled_scores_by_hand():
@@ -275,8 +298,60 @@ def test_vit_and_attention_on_cuda_match_cpu():
     assert out.device.type == "cuda" and torch.equal(weights, torch.zeros_like(weights))
 
 
-def test_mha_from_torch_rejects_unsupported_modules():
-    with pytest.raises(ValueError, match="kdim = vdim = embed_dim"):
-        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
-    with pytest.raises(ValueError, match="no add_bias_kv"):
-        MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+# --- refusals: options the from-scratch modules do not implement ----------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"dropout": 0.1}, "dropout=0.1"),
+    ({"kdim": 8, "vdim": 8}, "kdim=8"),
+    ({"add_bias_kv": True}, "add_bias_kv"),
+    ({"add_zero_attn": True}, "add_zero_attn=True"),
+])  # fmt: skip
+def test_mha_from_torch_refuses_what_it_does_not_implement(kwargs, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(16, 4, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_masks_are_refused_not_added(dtype):
+    q = torch.randn(2, 3, 8)
+    mask = torch.zeros(3, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=r"attn_mask must be boolean or floating point.*\.bool\(\)"):
+        scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(TypeError, match="boolean or floating point"):
+        mha(q, q, q, attn_mask=mask)
+    with pytest.raises(TypeError, match="boolean or floating point"):
+        mha(q, q, q, key_padding_mask=torch.zeros(2, 3, dtype=dtype))
+    with pytest.raises(TypeError, match="mask must be boolean"):
+        additive_attention(q[:, 0], q, q, torch.randn(5, 8), torch.randn(5, 8), torch.randn(5), mask=torch.ones(2, 3))
+
+
+def test_transformer_block_equals_pytorchs_pre_norm_encoder_layer():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=40, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True, layer_norm_eps=1e-6).double()  # fmt: skip
+    block = TransformerBlock.from_torch(layer)
+    x = torch.randn(3, 7, 16, dtype=torch.float64)  # B != N
+    x_a, x_b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_a, out_b = block(x_a), layer(x_b)
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=1e-12)
+    probe = torch.randn_like(out_a)
+    (out_a * probe).sum().backward()
+    (out_b * probe).sum().backward()
+    torch.testing.assert_close(x_a.grad, x_b.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(block.mlp[0].weight.grad, layer.linear1.weight.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(block.attn.in_proj.weight.grad, layer.self_attn.in_proj_weight.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"norm_first": False}, "norm_first=False"),
+    ({"activation": "relu"}, "activation="),
+    ({"dropout": 0.1}, "dropout=0.1"),
+    ({"batch_first": False}, "batch_first=False"),
+    ({"bias": False}, "bias=False"),
+])  # fmt: skip
+def test_transformer_block_from_torch_refuses_other_layers(kwargs, named):
+    settings = dict(dropout=0.0, activation="gelu", batch_first=True, norm_first=True) | kwargs
+    with pytest.raises(ValueError, match=re.escape(named)):
+        TransformerBlock.from_torch(nn.TransformerEncoderLayer(16, 4, 32, **settings))

@@ -17,7 +17,7 @@ from companion.cli import main
 from companion.cnn import SeedCNN
 from companion.data import DATA_DIR_ENV
 from companion.device import DEVICE_ENV
-from companion.train import load_checkpoint
+from companion.checkpoint import load_checkpoint
 
 TEST_ACCURACY = re.compile(r"^test accuracy: (\d+\.\d\d)% \((\d+)/(\d+)\), test loss (\d+\.\d{4})$", re.MULTILINE)
 EPOCH_LINE = re.compile(r"^epoch +(\d+)  train loss \d+\.\d{4}  train acc +\d+\.\d\d%  test loss \d+\.\d{4}  "
@@ -94,7 +94,8 @@ def test_missing_data_exits_1_with_one_line(cli_runs, empty_root):
         (["train", "--lr", "0"], "argument --lr: expected a number > 0, got 0"),
         (["train", "--lr", "nan"], "argument --lr: expected a number > 0, got nan"),
         (["train", "--seed", "-1"], "argument --seed: expected an integer in [0, 2**32), got -1"),
-        (["train", "--batch-size", "2.5"], "argument --batch-size: invalid _positive_int value: '2.5'"),
+        (["train", "--batch-size", "2.5"], "argument --batch-size: expected an integer >= 1, got '2.5'"),
+        (["train", "--lr", "fast"], "argument --lr: expected a number > 0, got 'fast'"),
         (["train", "--recipe", "fastest"], "argument --recipe: invalid choice: 'fastest'"),
         (["train", "--dataset", "cifar10"], "argument --dataset: invalid choice: 'cifar10'"),
         (["evaluate"], "argument command: invalid choice: 'evaluate'"),
@@ -106,6 +107,7 @@ def test_bad_arguments_in_process(capsys, args, message):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage:") and message in err
+    assert "_positive" not in err and "_seed" not in err  # no private names in what a user reads
 
 
 def test_unknown_device_name_is_a_bad_argument_exit_2(capsys):

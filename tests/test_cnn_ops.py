@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -19,17 +20,24 @@ def rand(*shape, seed=0):
     return torch.randn(*shape, generator=g, dtype=D)
 
 
-def assert_same_values_and_grads(ours, theirs, *inputs):
-    """ours(*inputs) == theirs(*inputs), and so are the gradients of a random projection of the output."""
+def assert_same_values_and_grads(ours, theirs, *inputs, precision=None):
+    """ours(*inputs) == theirs(*inputs), and so are the gradients of a random projection of the output.
+
+    With a ``precision`` (the conftest fixture), the inputs move to its device and dtype and its
+    tolerances apply; without, float64 on the CPU with torch's default tolerances.
+    """
+    if precision is not None:
+        inputs = [t.to(precision.device, precision.dtype) for t in inputs]
+    check = precision.assert_close if precision is not None else torch.testing.assert_close
     leaves_a = [t.detach().clone().requires_grad_(True) for t in inputs]
     leaves_b = [t.detach().clone().requires_grad_(True) for t in inputs]
     out_a, out_b = ours(*leaves_a), theirs(*leaves_b)
-    torch.testing.assert_close(out_a, out_b)
-    probe = rand(*out_a.shape, seed=99)
+    check(out_a, out_b)
+    probe = rand(*out_a.shape, seed=99).to(out_a.device, out_a.dtype)
     grads_a = torch.autograd.grad((out_a * probe).sum(), leaves_a)
     grads_b = torch.autograd.grad((out_b * probe).sum(), leaves_b)
     for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(a, b)
+        check(a, b)
 
 
 # --- output size -------------------------------------------------------------------------------------------
@@ -108,12 +116,13 @@ CONV_SETTINGS = [
 
 @pytest.mark.parametrize("settings", CONV_SETTINGS, ids=str)
 @pytest.mark.parametrize("kernel", [(3, 3), (3, 2), (1, 1), (5, 4)])
-def test_conv2d_equals_pytorch(settings, kernel):
+def test_conv2d_equals_pytorch(settings, kernel, precision):
     groups = settings.get("groups", 1)
     x, w, b = rand(3, 4, 11, 9), rand(8, 4 // groups, *kernel, seed=1), rand(8, seed=2)
     assert_same_values_and_grads(
-        lambda x, w, b: conv2d(x, w, b, **settings), lambda x, w, b: F.conv2d(x, w, b, **settings), x, w, b
-    )
+        lambda x, w, b: conv2d(x, w, b, **settings), lambda x, w, b: F.conv2d(x, w, b, **settings), x, w, b,
+        precision=precision,
+    )  # fmt: skip
 
 
 def test_conv2d_without_bias_and_as_nn_conv2d():
@@ -164,17 +173,20 @@ POOL_SETTINGS = [
 
 
 @pytest.mark.parametrize("settings", POOL_SETTINGS, ids=str)
-def test_max_pool2d_values_indices_and_gradients_equal_pytorch(settings):
+def test_max_pool2d_values_indices_and_gradients_equal_pytorch(settings, precision):
     x = rand(2, 3, 9, 11)
-    assert_same_values_and_grads(lambda x: max_pool2d(x, **settings), lambda x: F.max_pool2d(x, **settings), x)
+    assert_same_values_and_grads(lambda x: max_pool2d(x, **settings), lambda x: F.max_pool2d(x, **settings), x,
+                                 precision=precision)  # fmt: skip
+    x = x.to(precision.device, precision.dtype)
     _, ours = max_pool2d(x, return_indices=True, **settings)
     _, theirs = F.max_pool2d(x, return_indices=True, **settings)
     assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize("settings", POOL_SETTINGS, ids=str)
-def test_avg_pool2d_values_and_gradients_equal_pytorch(settings):
-    assert_same_values_and_grads(lambda x: avg_pool2d(x, **settings), lambda x: F.avg_pool2d(x, **settings), rand(2, 3, 9, 11))
+def test_avg_pool2d_values_and_gradients_equal_pytorch(settings, precision):
+    assert_same_values_and_grads(lambda x: avg_pool2d(x, **settings), lambda x: F.avg_pool2d(x, **settings),
+                                 rand(2, 3, 9, 11), precision=precision)  # fmt: skip
 
 
 def test_max_pool2d_ties_go_to_the_first_element_like_pytorch():
@@ -209,3 +221,35 @@ def test_pooling_batched_equals_one_at_a_time_and_leaves_the_input_unchanged():
 def test_pooling_errors(pool, shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pool(rand(*shape), **kwargs)
+
+
+@pytest.mark.parametrize(("function", "kwargs", "named"), [
+    ("max_pool2d", {"dilation": 2}, "dilation=(2, 2)"),
+    ("max_pool2d", {"ceil_mode": True}, "ceil_mode=True"),
+    ("avg_pool2d", {"ceil_mode": True}, "ceil_mode=True"),
+    ("avg_pool2d", {"count_include_pad": False}, "count_include_pad=False"),
+    ("avg_pool2d", {"divisor_override": 3}, "divisor_override=3"),
+])  # fmt: skip
+def test_pooling_refuses_pytorch_options_it_does_not_implement(function, kwargs, named):
+    import companion.cnn
+
+    x = torch.randn(1, 1, 7, 7)
+    assert getattr(F, function)(x, 2, **kwargs).shape[-1] >= 3  # PyTorch accepts them
+    with pytest.raises(ValueError, match=re.escape(named)):
+        getattr(companion.cnn, function)(x, 2, **kwargs)
+
+
+def test_pooling_defaults_spelled_out_are_accepted():
+    from companion.cnn import avg_pool2d, max_pool2d
+
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(max_pool2d(x, 2, dilation=1, ceil_mode=False), F.max_pool2d(x, 2))
+    torch.testing.assert_close(avg_pool2d(x, 3, 1, 1, False, True, None), F.avg_pool2d(x, 3, 1, 1, False, True, None))
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_conv2d_refuses_string_padding(padding):
+    from companion.cnn import conv2d
+
+    with pytest.raises(ValueError, match="padding must be an int or a pair of ints"):
+        conv2d(torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3), padding=padding)

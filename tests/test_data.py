@@ -23,13 +23,12 @@ from companion.data import (
     DataNotFoundError,
     DeviceLoader,
     ImageSplit,
-    RandomTranslate,
     data_root,
     load_dataset,
     load_fashion_mnist,
     load_mnist,
-    random_translate,
 )
+from companion.augment import RandomTranslate, random_translate
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -390,7 +389,7 @@ def test_wrong_magic_in_label_file(tmp_path):
 def test_random_translate_shifts_each_image_with_replicate_padding():
     s, B = 2, 300
     images = torch.rand(B, 2, 28, 28, generator=torch.Generator().manual_seed(0))  # C = 2: channels move together
-    out = random_translate(images, s, generator=torch.Generator().manual_seed(1))
+    out = random_translate(images, torch.Generator().manual_seed(1), max_shift=s)
     offsets = [offset_of(out[i], images[i], s) for i in range(B)]
     assert None not in offsets
     # Every offset of the 5 x 5 grid is drawn (for this seed; each has probability 1/25 per image).
@@ -401,7 +400,7 @@ def test_random_translate_moves_a_bright_pixel_by_its_offset():
     s, B, (r, c) = 3, 64, (10, 17)
     images = torch.zeros(B, 1, 28, 28)
     images[:, 0, r, c] = 1.0
-    out = random_translate(images, s, generator=torch.Generator().manual_seed(0))
+    out = random_translate(images, torch.Generator().manual_seed(0), max_shift=s)
     for i in range(B):
         bright = (out[i, 0] == 1).nonzero().tolist()
         assert len(bright) == 1 and out[i].sum() == 1  # the pixel moved, nothing else lit up
@@ -416,7 +415,7 @@ def test_random_translate_moves_an_edge_pixel_replicates_borders():
     images[0, 0, :, 0] = 1.0
     seen = set()
     for seed in range(20):
-        out = random_translate(images, 1, generator=torch.Generator().manual_seed(seed))
+        out = random_translate(images, torch.Generator().manual_seed(seed), max_shift=1)
         dy, dx = offset_of(out[0], images[0], 1)
         expected = torch.zeros(5, 5)
         expected[:, : max(dx + 1, 0)] = 1.0  # a shift right by dx >= 0 lights columns 0..dx
@@ -429,7 +428,7 @@ def test_random_translate_moves_an_edge_pixel_replicates_borders():
 def test_random_translate_keeps_shape_dtype_and_input(dtype):
     images = torch.rand(4, 3, 8, 6, dtype=dtype)
     before = images.clone()
-    out = random_translate(images, 2)
+    out = random_translate(images, max_shift=2)
     assert out.shape == images.shape and out.dtype == dtype and out.device == images.device
     assert out.is_contiguous()
     assert torch.equal(images, before)
@@ -437,9 +436,9 @@ def test_random_translate_keeps_shape_dtype_and_input(dtype):
 
 def test_random_translate_is_repeatable_with_a_generator():
     images = torch.rand(16, 1, 28, 28)
-    a = random_translate(images, 2, generator=torch.Generator().manual_seed(5))
-    b = random_translate(images, 2, generator=torch.Generator().manual_seed(5))
-    c = random_translate(images, 2, generator=torch.Generator().manual_seed(6))
+    a = random_translate(images, torch.Generator().manual_seed(5), max_shift=2)
+    b = random_translate(images, torch.Generator().manual_seed(5), max_shift=2)
+    c = random_translate(images, torch.Generator().manual_seed(6), max_shift=2)
     assert torch.equal(a, b) and not torch.equal(a, c)
     d = RandomTranslate(max_shift=2)(images, torch.Generator().manual_seed(5))
     assert torch.equal(a, d)
@@ -447,7 +446,7 @@ def test_random_translate_is_repeatable_with_a_generator():
 
 def test_random_translate_zero_shift_returns_equal_copy():
     images = torch.rand(2, 1, 4, 4)
-    out = random_translate(images, 0)
+    out = random_translate(images, max_shift=0)
     assert torch.equal(out, images) and out.data_ptr() != images.data_ptr()
     out += 1
     assert not torch.equal(out, images)
@@ -456,12 +455,12 @@ def test_random_translate_zero_shift_returns_equal_copy():
 @pytest.mark.parametrize("shape", [(28, 28), (1, 28, 28), (1, 1, 1, 28, 28)])
 def test_random_translate_rejects_non_4d(shape):
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        random_translate(torch.zeros(shape), 1)
+        random_translate(torch.zeros(shape), max_shift=1)
 
 
 def test_random_translate_rejects_negative_shift():
     with pytest.raises(ValueError, match="max_shift must be >= 0, got -1"):
-        random_translate(torch.zeros(1, 1, 4, 4), -1)
+        random_translate(torch.zeros(1, 1, 4, 4), max_shift=-1)
 
 
 # --- DeviceLoader -----------------------------------------------------------------------
@@ -610,6 +609,6 @@ def test_loader_batches_equal_on_cpu_and_cuda():
 @cuda_only
 def test_random_translate_equal_on_cpu_and_cuda():
     images = torch.rand(32, 1, 28, 28)
-    on_cpu = random_translate(images, 3, generator=torch.Generator().manual_seed(0))
-    on_gpu = random_translate(images.cuda(), 3, generator=torch.Generator().manual_seed(0))
+    on_cpu = random_translate(images, torch.Generator().manual_seed(0), max_shift=3)
+    on_gpu = random_translate(images.cuda(), torch.Generator().manual_seed(0), max_shift=3)
     assert on_gpu.is_cuda and torch.equal(on_cpu, on_gpu.cpu())

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion.data import DeviceLoader, RandomTranslate
+from companion.augment import RandomTranslate
+from companion.data import DeviceLoader
 from companion.distributed import get_rank, get_world_size, init_distributed, is_distributed, is_main_process
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -39,6 +39,7 @@ def test_integrated_gradients_is_complete_on_a_nonlinear_network():
     attributions, delta = integrated_gradients(model, x, torch.tensor([3, 7]), n_steps=200)
     with torch.no_grad():
         gap = model(x)[[0, 1], [3, 7]] - model(baseline)[[0, 1], [3, 7]]
+    assert gap.abs().min() > 1e-3  # an all-zero attribution could not sum to the gap
     torch.testing.assert_close(attributions.flatten(1).sum(1), gap, atol=1e-2 * gap.abs().max().item(), rtol=0)
     assert delta.shape == (2,)
 
@@ -58,18 +59,36 @@ class _GapNet(nn.Module):
 def test_grad_cam_equals_class_activation_map_for_a_global_average_pooling_network():
     torch.manual_seed(0)
     model = _GapNet().double()
+    with torch.no_grad():  # known weights, so that the map is positive at some pixels and zero at others
+        model.conv.weight.copy_(torch.tensor([1.0, -1.0, 0.5]).view(3, 1, 1, 1))
+        model.conv.bias.copy_(torch.tensor([0.1, 0.0, -0.2]))
+        model.fc.weight[1] = torch.tensor([1.0, 0.2, 0.3])
     x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
     cam = grad_cam(model, model.conv, x, 1)
     maps = model.conv(x).detach()  # (B, 3, 5, 5)
     weights = model.fc.weight.detach()[1] / 25  # dz/dA_k averaged over the 25 positions
     expected = torch.relu((weights.view(1, 3, 1, 1) * maps).sum(1, keepdim=True))
+    assert (expected.flatten(1).amax(1) > 0).all() and (expected == 0).any()  # neither all-zero nor all-positive
     torch.testing.assert_close(cam, expected)
 
 
 def test_grad_cam_is_upsampled_to_the_image():
+    torch.manual_seed(0)
     model = BatchNormCNN(channels=(4, 8)).eval()
-    cam = grad_cam(model, model.bn2, torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 2]))
+    x, target = torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    cam = grad_cam(model, model.bn2, x, target)
     assert cam.shape == (3, 1, 28, 28) and (cam >= 0).all()
+    assert (cam.flatten(1).amax(1) > 0).all() and (cam.flatten(1).std(1) > 0).all()  # a real map per image
+    # Grad-CAM by hand at the layer's resolution (Selvaraju et al., 2017, eq. 1-2), then upsampled.
+    activations = {}
+    handle = model.bn2.register_forward_hook(lambda module, args, out: activations.update(a=out))
+    logits = model(x)
+    handle.remove()
+    a = activations["a"]  # (B, K, h, w)
+    (grads,) = torch.autograd.grad(logits[torch.arange(3), target].sum(), a)
+    small = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach()
+    expected = nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(cam, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_attribution_in_mask_by_hand():

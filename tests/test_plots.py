@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 from companion.plots import plot_confusion_matrix, plot_history, show_images
-from companion.train import History
+from companion.history import History
 
 
 def make_history(n: int) -> History:

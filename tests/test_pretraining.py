@@ -1,4 +1,4 @@
-"""Fine-tuning tools (also on torchvision models, weights=None) and SimCLR's pieces."""
+"""Fine-tuning tools (also on torchvision models, weights=None), balanced subsets, frozen features and SimCLR."""
 
 from __future__ import annotations
 
@@ -11,20 +11,12 @@ from torch import nn
 
 from companion.attention import VisionTransformer
 from companion.cnn import BatchNormCNN, SeedCNN
-from companion.data import DeviceLoader
-from companion.pretraining import (
-    balanced_subset,
-    cutout,
-    extract_features,
-    find_head,
-    freeze,
-    nt_xent_loss,
-    param_groups,
-    pretrain_simclr,
-    random_affine,
-    replace_head,
-    unfreeze,
-)
+from companion.augment import cutout, random_affine
+from companion.data import DeviceLoader, balanced_subset
+from companion.evaluation import extract_features
+from companion.finetune import find_head, freeze, param_groups, replace_head, unfreeze
+from companion.simclr import nt_xent_loss, pretrain_simclr
+from companion.train import NonFiniteLossError
 from companion.summary import count_parameters
 
 HEADS = [
@@ -188,37 +180,6 @@ def test_nt_xent_errors():
         nt_xent_loss(torch.ones(2, 3), torch.ones(2, 3), 0)
 
 
-def test_random_affine_identity_when_ranges_are_zero_and_per_image_otherwise():
-    x = torch.rand(3, 1, 28, 28)
-    same = random_affine(x, torch.Generator().manual_seed(0), max_rotation=0, scale=(1, 1), max_shift=0)
-    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
-    x = torch.zeros(2, 1, 28, 28)
-    x[:, :, 10:18, 10:18] = 1
-    out = random_affine(x, torch.Generator().manual_seed(0), max_rotation=30, scale=(0.7, 1.3), max_shift=0.3)
-    assert out.shape == x.shape and not torch.allclose(out[0], out[1])
-    with pytest.raises(ValueError, match="float"):
-        random_affine(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.Generator())
-    with pytest.raises(ValueError, match="scale"):
-        random_affine(x, torch.Generator(), scale=(1.2, 0.8))
-
-
-def test_cutout_paints_one_clipped_square_per_image():
-    x = torch.ones(50, 1, 12, 12)
-    x[:, :, 0, 0] = -1  # the batch minimum, used as the fill
-    out = cutout(x, 4, torch.Generator().manual_seed(0))
-    painted = (out[:, :, 1:, 1:] == -1).sum(dim=(1, 2, 3))  # away from the pre-set corner pixel
-    assert int(painted.max()) <= 16
-    assert int(((out[:, :, 1:, 1:] == -1).sum(dim=(1, 2, 3)) == 16).sum()) > 0  # some squares land whole
-    with pytest.raises(ValueError, match="size"):
-        cutout(x, 0, torch.Generator())
-
-
-def test_augmentations_pass_an_empty_batch_through():
-    empty = torch.zeros(0, 1, 28, 28)
-    assert cutout(empty, 4, torch.Generator()).shape == (0, 1, 28, 28)
-    assert random_affine(empty, torch.Generator()).shape == (0, 1, 28, 28)
-
-
 def test_pretrain_simclr_lowers_the_contrastive_loss_on_a_small_batch_set():
     torch.manual_seed(0)
     x = nn.functional.interpolate(torch.randn(64, 1, 4, 4), size=28, mode="bilinear")  # 64 smooth, distinct images
@@ -226,9 +187,10 @@ def test_pretrain_simclr_lowers_the_contrastive_loss_on_a_small_batch_set():
     model = BatchNormCNN(channels=(4, 8))
     start = {k: v.clone() for k, v in model.state_dict().items()}
     history = pretrain_simclr(model, loader, epochs=10, device="cpu", lr=1e-2, progress=False)
-    assert len(history.loss) == len(history.seconds) == 10
-    assert history.loss[-1] < 0.8 * history.loss[0]
-    assert all(l <= math.log(2 * 32 - 1) + 0.5 for l in history.loss)
+    assert len(history) == len(history.seconds) == 10 and history.epoch == list(range(1, 11))
+    assert history.train_loss[-1] < 0.8 * history.train_loss[0]
+    assert all(l <= math.log(2 * 32 - 1) + 0.5 for l in history.train_loss)
+    assert all(math.isnan(a) for a in history.train_accuracy + history.val_accuracy)  # no labels
     assert not torch.equal(start["conv1.weight"], model.state_dict()["conv1.weight"])
     with pytest.raises(ValueError, match="epochs"):
         pretrain_simclr(model, loader, epochs=0, device="cpu")
@@ -248,5 +210,5 @@ def test_pretrain_simclr_restores_the_mode_and_names_its_input_errors():
     with pytest.raises(ValueError, match="lr must be > 0"):
         pretrain_simclr(model, DeviceLoader(x, y, 4, drop_last=True, device="cpu"), epochs=1, device="cpu", lr=0)
     nan_images = torch.full((8, 1, 28, 28), float("nan"))
-    with pytest.raises(FloatingPointError, match="non-finite in epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="at epoch 1, step 1 "):
         pretrain_simclr(model, DeviceLoader(nan_images, y[:8], 4, device="cpu"), epochs=1, device="cpu", progress=False)

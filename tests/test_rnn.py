@@ -18,23 +18,23 @@ def flat(state):
 
 
 @pytest.mark.parametrize(("ours", "theirs"), CELLS, ids=lambda c: getattr(c, "__name__", ""))
-def test_cells_equal_pytorch_cells_values_and_gradients(ours, theirs):
+def test_cells_equal_pytorch_cells_values_and_gradients(ours, theirs, precision):
     torch.manual_seed(0)
-    reference = theirs(5, 7).double()
-    cell = ours(5, 7).double()
+    reference = theirs(5, 7).to(precision.device, precision.dtype)
+    cell = ours(5, 7).to(precision.device, precision.dtype)
     cell.load_state_dict(reference.state_dict())  # same parameter names and gate stacking
-    x = torch.randn(3, 5, dtype=D, requires_grad=True)
-    h = torch.randn(3, 7, dtype=D)
-    state = (h, torch.randn(3, 7, dtype=D)) if ours is LSTMCell else h
+    x = precision.randn(3, 5).requires_grad_()
+    h = precision.randn(3, 7, seed=1)
+    state = (h, precision.randn(3, 7, seed=2)) if ours is LSTMCell else h
     out_ours, out_theirs = flat(cell(x, state)), flat(reference(x, state))
     for a, b in zip(out_ours, out_theirs, strict=True):
-        torch.testing.assert_close(a, b)
+        precision.assert_close(a, b)
     loss_ours = sum((t * (i + 1)).sum() for i, t in enumerate(out_ours))
     loss_theirs = sum((t * (i + 1)).sum() for i, t in enumerate(out_theirs))
     grads_ours = torch.autograd.grad(loss_ours, [x, *cell.parameters()])
     grads_theirs = torch.autograd.grad(loss_theirs, [x, *reference.parameters()])
     for a, b in zip(grads_ours, grads_theirs, strict=True):
-        torch.testing.assert_close(a, b)
+        precision.assert_close(a, b)
 
 
 @pytest.mark.parametrize(("ours", "theirs"), PAIRS, ids=lambda c: getattr(c, "__name__", ""))
@@ -160,3 +160,19 @@ def test_row_classifier_reads_rows_in_order_and_checks_shapes():
 def test_row_classifier_accepts_pytorch_modules():
     model = RowClassifier(nn.LSTM(28, 8, batch_first=True))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_lstm_cell_returns_its_gates_on_request():
+    torch.manual_seed(0)
+    reference = nn.LSTMCell(5, 7).double()
+    cell = LSTMCell(5, 7).double()
+    cell.load_state_dict(reference.state_dict())
+    x, h, c = torch.randn(3, 5, dtype=D), torch.randn(3, 7, dtype=D), torch.randn(3, 7, dtype=D)
+    h_next, c_next, gates = cell(x, (h, c), return_gates=True)
+    h_ref, c_ref = reference(x, (h, c))
+    torch.testing.assert_close(h_next, h_ref)
+    torch.testing.assert_close(c_next, c_ref)
+    # the gates are the ones the step used: recombining them gives the step's state
+    torch.testing.assert_close(gates.f * c + gates.i * gates.g, c_next)
+    torch.testing.assert_close(gates.o * torch.tanh(c_next), h_next)
+    assert all(((0 < gate) & (gate < 1)).all() for gate in (gates.i, gates.f, gates.o))

@@ -16,20 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.cnn import SeedCNN
-from companion.data import DeviceLoader, RandomTranslate
+from companion.augment import RandomTranslate
+from companion.checkpoint import load_checkpoint, save_checkpoint
+from companion.data import DeviceLoader
 from companion.device import seed_everything
+from companion.evaluation import confusion_matrix, evaluate, predict
+from companion.history import History, Metrics
 from companion.recipes import ARTICLE, IMPROVED, TrainConfig, build_model, build_optimizer
-from companion.train import (
-    History,
-    Metrics,
-    NonFiniteLossError,
-    confusion_matrix,
-    evaluate,
-    fit,
-    load_checkpoint,
-    predict,
-    save_checkpoint,
-)
+from companion.train import NonFiniteLossError, fit
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
