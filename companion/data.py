@@ -149,6 +149,11 @@ class ImageSplit:
         images = self.images if images is None else images
         return (images.float() / 255 - self.mean) / self.std
 
+    def subset(self, index: torch.Tensor) -> ImageSplit:
+        """The samples at ``index`` (int64 indices or a boolean mask, for example from
+        :func:`balanced_subset`) as a new split with the same statistics and classes."""
+        return ImageSplit(self.name, self.train, self.images[index], self.labels[index], self.classes, self.mean, self.std)
+
     def head(self, n: int) -> ImageSplit:
         """The first ``n`` samples as a new split (views, no copy)."""
         if n < 1:
