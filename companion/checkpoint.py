@@ -40,7 +40,7 @@ def save_checkpoint(
         model: its ``state_dict()`` is saved.
         optimizer, scheduler: their ``state_dict()`` are saved when given.
         epoch: number of completed epochs.
-        history: the :class:`History` so far.
+        history: the :class:`~companion.history.History` so far.
 
     Returns:
         The path written.
@@ -94,7 +94,7 @@ def load_checkpoint(
     resumed run continues as an uninterrupted one would.
 
     Returns:
-        ``(epoch, history)``: completed epochs and the :class:`History` so far.
+        ``(epoch, history)``: completed epochs and the :class:`~companion.history.History` so far.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

@@ -125,7 +125,7 @@ class Timer:
     """Seconds a block of work takes on ``device``: CUDA events on a GPU, the wall clock elsewhere.
 
     GPUs run asynchronously, so the block is bracketed by synchronisations (on CUDA, the events
-    time the work on the GPU itself). After the block, :attr:`seconds` holds the time.
+    time the work on the GPU itself). After the block, ``seconds`` holds the time.
 
     Examples:
         >>> with Timer("cpu") as timer:

@@ -1,6 +1,6 @@
 """What a training run records: per-epoch :class:`History` and averaged :class:`Metrics`.
 
-Used by :mod:`companion.train` (``fit`` returns a History), :mod:`companion.evaluate` (``evaluate``
+Used by :mod:`companion.train` (``fit`` returns a History), :mod:`companion.evaluation` (``evaluate``
 returns Metrics), :mod:`companion.checkpoint` (a checkpoint stores the History) and
 :mod:`companion.simclr`. Explained in the chapter "MNIST in practice".
 """

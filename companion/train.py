@@ -172,7 +172,7 @@ def train_epoch(
         optimizer: over ``model``'s parameters.
         device: where batches go.
         epoch: 1-based epoch number, for ``set_epoch`` and the messages.
-        batch_loss: see :data:`BatchLoss`; default :func:`classification_loss` (cross-entropy).
+        batch_loss: see ``BatchLoss`` (``batch_loss(model, x, y) -> (loss, logits or None)``); default :func:`classification_loss` (cross-entropy).
         scheduler: stepped after every optimizer step, if given.
         mixed_precision: autocast the forward pass (CUDA only).
         scaler: a gradient scaler (default :func:`~companion.device.grad_scaler`).
@@ -255,10 +255,10 @@ def fit(
     check_every: int = 25,
     on_epoch_end: Callable[[History], None] | None = None,
 ) -> History:
-    """Train ``model`` for ``epochs`` epochs of :func:`train_epoch` and return its :class:`History`.
+    """Train ``model`` for ``epochs`` epochs of :func:`train_epoch` and return its :class:`~companion.history.History`.
 
     After every epoch: the scheduler steps if ``scheduler_interval="epoch"`` (for example
-    ``StepLR``; ``"step"`` steps it every batch, for example ``OneCycleLR``), :func:`evaluate`
+    ``StepLR``; ``"step"`` steps it every batch, for example ``OneCycleLR``), :func:`~companion.evaluation.evaluate`
     runs on ``val_loader``, the History gains a row, a checkpoint is written, ``on_epoch_end``
     is called. With ``resume`` and an existing checkpoint, training continues after its epoch
     exactly as an uninterrupted run would.
@@ -292,10 +292,10 @@ def fit(
         max_grad_norm: clip the gradients' global 2-norm to this before each step.
         progress: show a tqdm progress bar on stderr.
         check_every: steps between NaN/inf checks (>= 1).
-        on_epoch_end: called with the updated :class:`History` after every epoch.
+        on_epoch_end: called with the updated :class:`~companion.history.History` after every epoch.
 
     Returns:
-        The :class:`History`, including epochs restored from a checkpoint.
+        The :class:`~companion.history.History`, including epochs restored from a checkpoint.
 
     Raises:
         ValueError: ``epochs < 0``, ``check_every < 1``, ``max_grad_norm <= 0``, ``resume`` without
