@@ -304,8 +304,15 @@ class SeedCNN(nn.Module):
     LeNet-5 (LeCun et al., 1998) with other widths. Unlike the article's ``x.view(-1, 320)``,
     which folds a wrong-size image silently into extra batch rows, the input shape is checked.
 
+    ``forward`` max-pools *before* the ReLU. The two commute exactly — ReLU is monotone, so
+    ``max(relu(a), relu(b)) = relu(max(a, b))`` — and the gradients are the same too (tested
+    bitwise against the article's order), but the ReLU then touches 4× fewer values, which
+    makes a CPU training step markedly faster (``benchmarks/mnist_pipeline.py`` measures it).
+
     Args:
         num_classes: number of output logits.
+        article_order: ReLU before max-pooling, as the article writes it (same numbers, slower;
+            for measuring what the order costs).
 
     Shape:
         - Input: (B, 1, 28, 28), float, normalised pixels.
@@ -315,8 +322,9 @@ class SeedCNN(nn.Module):
         ValueError: the input is not (B, 1, 28, 28).
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, article_order: bool = False) -> None:
         super().__init__()
+        self.article_order = article_order
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.fc1 = nn.Linear(320, 50)
@@ -328,8 +336,11 @@ class SeedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_shape(x, (1, 28, 28), "SeedCNN")
-        x = self.pool(self.relu(self.conv1(x)))  # (B, 1, 28, 28) -> (B, 10, 24, 24) -> (B, 10, 12, 12)
-        x = self.pool(self.relu(self.conv2(x)))  # -> (B, 20, 8, 8) -> (B, 20, 4, 4)
+        for conv in (self.conv1, self.conv2):  # (B, 1, 28, 28) -> (B, 10, 12, 12) -> (B, 20, 4, 4)
+            if self.article_order:
+                x = self.pool(self.relu(conv(x)))  # ReLU, then max-pool: the article's order
+            else:
+                x = self.relu(self.pool(conv(x)))  # max-pool, then ReLU: the same, on 4x fewer values
         x = self.flatten(x)  # (B, 320)
         x = self.relu(self.fc1(x))  # (B, 50)
         return self.fc2(x)  # (B, num_classes)

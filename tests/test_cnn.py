@@ -26,9 +26,9 @@ def bn_cnn_params(c1: int, c2: int, num_classes: int = 10) -> int:
 
 
 def article_forward(model: SeedCNN, x: torch.Tensor) -> torch.Tensor:
-    """The source article's forward pass, written out with its own ``x.view(-1, 320)``."""
-    x = F.relu(F.max_pool2d(F.conv2d(x, model.conv1.weight, model.conv1.bias), 2))
-    x = F.relu(F.max_pool2d(F.conv2d(x, model.conv2.weight, model.conv2.bias), 2))
+    """The source article's forward pass as it writes it: ReLU, then max-pool, and ``x.view(-1, 320)``."""
+    x = F.max_pool2d(F.relu(F.conv2d(x, model.conv1.weight, model.conv1.bias)), 2)
+    x = F.max_pool2d(F.relu(F.conv2d(x, model.conv2.weight, model.conv2.bias)), 2)
     x = x.view(-1, 320)
     x = F.relu(F.linear(x, model.fc1.weight, model.fc1.bias))
     return F.linear(x, model.fc2.weight, model.fc2.bias)
@@ -95,19 +95,22 @@ def test_batchnorm_cnn_rejects_bad_channels(channels):
 # --- twins: the same weights through torch.nn.functional ----------------------------------
 
 
-def test_seed_cnn_equals_article_forward_values_and_gradients():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_seed_cnn_equals_article_forward_values_and_gradients(dtype):
+    # SeedCNN pools before its ReLUs, the article after: the same numbers, to the last bit,
+    # because max-pooling and ReLU commute and no arithmetic is reordered.
     torch.manual_seed(0)
-    model = SeedCNN().double()
-    x = torch.randn(5, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    model = SeedCNN().to(dtype)
+    x = torch.randn(5, 1, 28, 28, dtype=dtype, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     y, y_ref = model(x), article_forward(model, x_ref)
-    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
 
     weights = torch.randn_like(y)  # a loss that weighs every logit differently
     grads = torch.autograd.grad((y * weights).sum(), [x, *model.parameters()])
     grads_ref = torch.autograd.grad((y_ref * weights).sum(), [x_ref, *model.parameters()])
     for g, g_ref in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref)
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
 
 
 def test_article_view_folds_wrong_input_silently_but_seed_cnn_refuses():
@@ -158,3 +161,12 @@ def test_cuda_matches_cpu(model_class):
     got = model.cuda()(x.cuda())
     assert got.is_cuda
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-2, atol=1e-2)  # cuDNN may convolve in TF32
+
+
+def test_seed_cnn_article_order_is_the_same_function():
+    torch.manual_seed(0)
+    ours, theirs = SeedCNN(), SeedCNN(article_order=True)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+    torch.testing.assert_close(theirs(x), article_forward(theirs, x), rtol=0, atol=0)

@@ -12,9 +12,9 @@ from companion.summary import ReceptiveField, layer_table, receptive_fields
 
 
 def test_seed_cnn_table_by_hand():
-    rows = layer_table(SeedCNN(), (1, 1, 28, 28))
-    assert [r.name for r in rows] == ["conv1", "relu", "pool", "conv2", "relu", "pool", "flatten", "fc1", "relu", "fc2"]
-    assert [r.output_shape for r in rows][:4] == [(10, 24, 24), (10, 24, 24), (10, 12, 12), (20, 8, 8)]
+    rows = layer_table(SeedCNN(), (1, 1, 28, 28))  # SeedCNN max-pools before its ReLUs
+    assert [r.name for r in rows] == ["conv1", "pool", "relu", "conv2", "pool", "relu", "flatten", "fc1", "relu", "fc2"]
+    assert [r.output_shape for r in rows][:4] == [(10, 24, 24), (10, 12, 12), (10, 12, 12), (20, 8, 8)]
     assert rows[6].output_shape == (320,) and rows[-1].output_shape == (10,)
     assert [r.params for r in rows if r.params] == [260, 5020, 16050, 510]
     conv1, conv2, fc1, fc2 = 10 * 24 * 24 * 25, 20 * 8 * 8 * 250, 320 * 50, 50 * 10
