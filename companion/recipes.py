@@ -8,6 +8,7 @@ The command line (``python -m companion train``) is a thin layer over :func:`run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -235,9 +236,19 @@ def train_model(
         The :class:`~companion.history.History`.
 
     Raises:
-        ValueError: as :func:`~companion.train.fit`.
+        ValueError: as :func:`~companion.train.fit`; or ``train`` is a ready loader while
+            ``config.max_shift > 0`` or ``config.batch_size`` differs from the loader's (they
+            would not apply).
     """
     device = get_device(device)
+    if not isinstance(train, ImageSplit):  # a ready loader batches and augments by itself
+        size = getattr(train, "batch_size", config.batch_size)
+        if config.max_shift or size != config.batch_size:
+            raise ValueError(
+                f"train is a ready loader (batch_size={size}), so config.batch_size={config.batch_size} and "
+                f"config.max_shift={config.max_shift} would not apply; pass an ImageSplit, or build the "
+                "loader with that batch size and a RandomTranslate transform and set max_shift=0"
+            )
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     transform = RandomTranslate(config.max_shift) if config.max_shift else None
@@ -309,8 +320,10 @@ def run_recipe(
         transform=transform, drop_last=world_size > 1, **shard,
     )
     test_loader = DeviceLoader.from_split(test_split, 1000, device=device, **shard)
+    # The loader already holds this process's share of the batch and the shifts.
+    per_process = dataclasses.replace(config, batch_size=train_loader.batch_size, max_shift=0)
     history = train_model(
-        model, train_loader, config, val=test_loader, device=device, checkpoint_path=checkpoint_path,
+        model, train_loader, per_process, val=test_loader, device=device, checkpoint_path=checkpoint_path,
         resume=resume, progress=progress, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     test = evaluate(model, test_loader, device)

@@ -118,7 +118,7 @@ class EpochStats:
     """Totals of one epoch of :func:`train_epoch`, on this process.
 
     Attributes:
-        loss_sum: sum over samples of the step losses (0-d float64 tensor on the device).
+        loss_sum: sum over samples of the step losses (0-d float32 tensor on the device).
         correct: correctly classified samples (0-d tensor), or ``None`` when ``batch_loss``
             returns no logits (SimCLR).
         count: samples seen.
@@ -193,7 +193,7 @@ def train_epoch(
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch - 1)
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), device=device)  # float32: MPS has no float64
     correct, count, lr = None, 0, float(optimizer.param_groups[0]["lr"])
     started = time.perf_counter()
     for x, y in tqdm(loader, desc=desc or f"epoch {epoch}", disable=not progress, leave=False):
@@ -310,7 +310,8 @@ def fit(
     history, start = History(), 0
     if resume and Path(checkpoint_path).is_file():
         start, history = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
-    check_equal_steps(len(train_loader), device)
+    if is_distributed():  # a plain iterable without a length is fine in one process
+        check_equal_steps(len(train_loader), device)
     network, main = wrap_ddp(model, device), is_main_process()
     scaler = grad_scaler(device, enabled=mixed_precision)
     for epoch in range(start + 1, epochs + 1):

@@ -612,3 +612,17 @@ def test_random_translate_equal_on_cpu_and_cuda():
     on_cpu = random_translate(images, torch.Generator().manual_seed(0), max_shift=3)
     on_gpu = random_translate(images.cuda(), torch.Generator().manual_seed(0), max_shift=3)
     assert on_gpu.is_cuda and torch.equal(on_cpu, on_gpu.cpu())
+
+
+def test_normalize_uses_the_training_statistics(mnist_test):
+    x = mnist_test.normalize(mnist_test.images[:5])
+    expected = (mnist_test.images[:5].float() / 255 - 0.1307) / 0.3081  # the data folder's facts
+    torch.testing.assert_close(x, expected)
+    assert x.dtype == torch.float32 and mnist_test.normalize().shape == (10_000, 1, 28, 28)
+
+
+def test_subset_keeps_statistics_and_picks_the_rows(mnist_test):
+    index = torch.tensor([3, 0, 7])
+    sub = mnist_test.subset(index)
+    assert torch.equal(sub.images, mnist_test.images[index]) and torch.equal(sub.labels, mnist_test.labels[index])
+    assert (sub.mean, sub.std, sub.classes, sub.train) == (mnist_test.mean, mnist_test.std, mnist_test.classes, False)

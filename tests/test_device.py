@@ -10,6 +10,7 @@ import torch
 
 from companion.device import (
     DEVICE_ENV,
+    Timer,
     autocast,
     autocast_dtype,
     get_device,
@@ -244,3 +245,20 @@ def test_synchronize_waits_on_the_devices_queue(monkeypatch):
     synchronize("cuda:0")
     synchronize(torch.device("mps"))
     assert waited == [("cuda", torch.device("cuda:0")), ("mps", None)]
+
+
+def test_timer_measures_the_block_on_the_cpu():
+    import time
+
+    with Timer("cpu") as timer:
+        time.sleep(0.05)
+    assert 0.05 <= timer.seconds < 1.0
+
+
+@cuda_only
+def test_timer_uses_cuda_events_on_a_gpu():
+    x = torch.randn(2000, 2000, device="cuda")
+    with Timer("cuda") as timer:
+        for _ in range(10):
+            x = x @ x / 2000
+    assert timer.seconds > 0 and hasattr(timer, "_events")

@@ -764,3 +764,70 @@ def test_history_append_refuses_missing_or_unknown_fields(change, match):
     with pytest.raises(ValueError, match=match):
         history.append(**values)
     assert len(history) == 0 and history.epoch == []
+
+
+def test_fit_accepts_a_plain_iterable_without_a_length(cpu):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3)
+    data = random_batches(4)
+    history = fit(model, iter(data), optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+                  device=cpu, progress=False)  # fmt: skip
+    assert history.epoch == [1] and math.isfinite(history.train_loss[0])
+
+
+def test_train_model_refuses_settings_a_ready_loader_would_ignore(cpu):
+    from companion.recipes import train_model
+
+    loader = DeviceLoader(torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long), 4, device="cpu")
+    model = SeedCNN()
+    with pytest.raises(ValueError, match=r"max_shift=2 would not apply"):
+        train_model(model, loader, TrainConfig(batch_size=4, max_shift=2, epochs=1), device=cpu, progress=False)
+    with pytest.raises(ValueError, match=r"ready loader \(batch_size=4\), so config.batch_size=64"):
+        train_model(model, loader, TrainConfig(epochs=1), device=cpu, progress=False)
+    history = train_model(model, loader, TrainConfig(batch_size=4, epochs=1), device=cpu, progress=False)
+    assert len(history) == 1
+
+
+def test_train_model_equals_fit_with_the_same_settings(cpu, mnist_test):
+    # train_model is fit with config's optimizer, schedule and loss: same weights after one epoch.
+    split = mnist_test.head(256)
+    config = TrainConfig(epochs=1, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=0.01,
+                         schedule="one-cycle", label_smoothing=0.1)  # fmt: skip
+    from companion.recipes import train_model
+
+    torch.manual_seed(0)
+    ours = SeedCNN()
+    reference = SeedCNN()
+    reference.load_state_dict(ours.state_dict())
+    train_model(ours, split, config, device=cpu, progress=False)
+    loader = DeviceLoader.from_split(split, 32, shuffle=True, device="cpu", seed=0)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=3e-3, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=len(loader))
+    fit(reference, loader, optimizer=optimizer, epochs=1, device=cpu, scheduler=scheduler, progress=False,
+        loss_fn=lambda z, y: F.cross_entropy(z, y, label_smoothing=0.1))  # fmt: skip
+    for (name, a), b in zip(ours.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_eval_mode_restores_the_mode_also_on_an_error():
+    from companion.evaluation import eval_mode
+
+    model = nn.Dropout(0.5)
+    with eval_mode(model):
+        assert not model.training
+    assert model.training
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert model.training
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training  # a model in eval mode stays there
+
+
+def test_count_parameters_of_parameter_groups_counts_shared_tensors_once():
+    from companion.summary import count_parameters
+
+    layer = nn.Linear(4, 3)
+    assert count_parameters([layer.weight, layer.bias, layer.weight]) == 15 == count_parameters(layer)
