@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="batches per pipeline measurement (default: one epoch)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each pipeline measurement")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per time-to-accuracy figure")
-    parser.add_argument("--skip-995", action="store_true", help="skip the (slower) time to 99.5 %")
+    parser.add_argument("--skip-995", action="store_true", help="skip the (slower) time to 99.5 %%")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON record")
     args = parser.parse_args()
     device = companion.get_device()
