@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.request
@@ -254,7 +255,7 @@ def _download(info: DatasetInfo, raw: Path, missing: list[str]) -> None:
             try:
                 _fetch(url, raw / name, RAW_SHA256[info.folder][name])
                 break
-            except (OSError, CorruptDataError, EOFError, zlib.error) as err:
+            except (OSError, http.client.HTTPException, CorruptDataError, EOFError, zlib.error) as err:
                 errors.append(f"{url}: {type(err).__name__}: {err}")
         else:
             raise OSError(f"no mirror served {name}: " + "; ".join(errors))
@@ -297,7 +298,7 @@ def load_dataset(
     if missing:
         try:
             _download(info, raw, missing)
-        except (OSError, CorruptDataError, EOFError, zlib.error) as err:  # URLError is an OSError
+        except (OSError, http.client.HTTPException, CorruptDataError, EOFError, zlib.error) as err:  # URLError is an OSError
             first_line = (str(err).strip().splitlines() or [""])[0].rstrip(":")
             raise DataNotFoundError(
                 _missing_message(info, raw, missing, f"the download failed ({type(err).__name__}: {first_line})")

@@ -142,13 +142,15 @@ class Timer:
         synchronize(self.device)
         if self.device.type == "cuda":
             self._events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            self._events[0].record()
+            with torch.cuda.device(self.device):  # record on the timed GPU's stream
+                self._events[0].record()
         self._started = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self._events[1].record()
+            with torch.cuda.device(self.device):
+                self._events[1].record()
             self._events[1].synchronize()
             self.seconds = self._events[0].elapsed_time(self._events[1]) / 1000  # ms -> s
         else:
@@ -166,9 +168,24 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     bfloat16 keeps float32's exponent range (Kalamkar et al., 2019), so gradients do not underflow;
     float16 does not, hence loss scaling (Micikevicius et al., 2018).
     """
-    if torch.device(device).type != "cuda":
+    device = torch.device(device)
+    if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _native_bf16(device) else torch.float16
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """bfloat16 in hardware on ``device`` (not emulated: a T4 emulates it, slowly)."""
+    def check() -> bool:
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # PyTorch before 2.5 counts native support only
+            return torch.cuda.is_bf16_supported()
+
+    if not torch.cuda.is_available():
+        return check()
+    with torch.cuda.device(device):  # the GPU asked about, not the current one
+        return check()
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from .concepts import MLP, LogisticRegression
 from .augment import RandomTranslate
 from .data import DATASETS, DeviceLoader, ImageSplit, load_dataset
 from .device import get_device, seed_everything
-from .distributed import get_rank, get_world_size
+from .distributed import get_rank, get_world_size, is_distributed
 from .evaluation import evaluate
 from .history import History, Metrics
 from .train import fit
@@ -236,13 +236,17 @@ def train_model(
         The :class:`~companion.history.History`.
 
     Raises:
-        ValueError: as :func:`~companion.train.fit`; or ``train`` is a ready loader while
+        ValueError: as :func:`~companion.train.fit`; ``train`` is an ImageSplit under
+            distributed training (pass a sharded loader); or ``train`` is a ready loader while
             ``config.max_shift > 0`` or ``config.batch_size`` differs from the loader's (they
             would not apply).
     """
     device = get_device(device)
+    if isinstance(train, ImageSplit) and is_distributed():
+        raise ValueError("under torchrun, pass train_model a sharded DeviceLoader(..., rank=, world_size=) "
+                         "instead of an ImageSplit, or every process would train on the same batches")  # fmt: skip
     if not isinstance(train, ImageSplit):  # a ready loader batches and augments by itself
-        size = getattr(train, "batch_size", config.batch_size)
+        size = getattr(train, "batch_size", None) or config.batch_size  # None: a DataLoader's batch_sampler
         if config.max_shift or size != config.batch_size:
             raise ValueError(
                 f"train is a ready loader (batch_size={size}), so config.batch_size={config.batch_size} and "
@@ -256,7 +260,8 @@ def train_model(
                            transform=transform)  # fmt: skip
     val_loader = _loader(val, 1000, device=device) if val is not None else None
     optimizer = build_optimizer(config, model if params is None else params)
-    scheduler = build_scheduler(config, optimizer, len(train_loader))
+    steps_per_epoch = len(train_loader) if config.schedule == "one-cycle" else 0  # a plain iterable is fine otherwise
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)

@@ -14,7 +14,7 @@ Explained in the chapter "Pretraining and fine-tuning".
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +139,7 @@ def pretrain_simclr(
     device: torch.device | str,
     lr: float = 4e-3,
     weight_decay: float = 1e-4,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     progress: bool = True,
     **simclr: object,
 ) -> History:
@@ -159,8 +159,9 @@ def pretrain_simclr(
         device: where the batches go.
         lr: peak learning rate of the default one-cycle schedule, > 0.
         weight_decay: AdamW's decoupled weight decay (default optimizer only).
-        optimizer: an optimizer over ``SimCLR``'s parameters instead (then no schedule); build
-            the module yourself with :class:`SimCLR` to get at its parameters.
+        optimizer: a factory ``parameters -> optimizer`` used instead of AdamW with one-cycle
+            (then no schedule); it receives the :class:`SimCLR` module's parameters, backbone and
+            projection head, for example ``lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)``.
         progress: show a tqdm bar.
         **simclr: :class:`SimCLR`'s keyword arguments (``temperature``, ``projection_dim``,
             ``hidden_size``, ``degrees``, ``translate``, ``scale``, ``cutout_size``, ``seed``).
@@ -192,8 +193,24 @@ def pretrain_simclr(
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
+    else:
+        optimizer = optimizer(model.parameters())
+    # The backbone's classifier is not used by the loss; frozen for the run, DDP does not wait for it.
+    unused = _unused_parameters(model, first[:2].to(device))
+    for parameter in unused:
+        parameter.requires_grad_(False)
     try:
         return fit(model, loader, optimizer=optimizer, epochs=epochs, device=device, batch_loss=model.batch_loss,
                    scheduler=scheduler, progress=progress)  # fmt: skip
     finally:
+        for parameter in unused:
+            parameter.requires_grad_(True)
         backbone.train(was_training)  # also when training stops with an error
+
+
+def _unused_parameters(model: nn.Module, x: torch.Tensor) -> list[nn.Parameter]:
+    """Trainable parameters of ``model`` that its output does not depend on (eval mode, no update)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with eval_mode(model):
+        grads = torch.autograd.grad(model(x).sum(), trainable, allow_unused=True)
+    return [p for p, g in zip(trainable, grads) if g is None]

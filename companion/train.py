@@ -137,7 +137,7 @@ class EpochStats:
         if not is_distributed():
             return self
         correct = self.correct if self.correct is not None else torch.zeros(())
-        totals = torch.stack([self.loss_sum.double().cpu(), correct.double().cpu(), torch.tensor(float(self.count))])
+        totals = torch.stack([self.loss_sum.cpu().double(), correct.cpu().double(), torch.tensor(float(self.count))])
         loss_sum, correct, count = all_reduce_sum(totals.to(collective_device(device))).unbind()
         return EpochStats(loss_sum, correct if self.correct is not None else None, int(count.item()), self.seconds, self.lr)
 

@@ -5,6 +5,7 @@ Usage: torchrun --standalone --nproc-per-node=N tests/ddp_worker.py OUT GLOBAL_B
 - default: an MLP; rank 0 saves its weights and history to OUT.
 - unequal: rank 1 gets half the data, so fit() must refuse; rank 0 saves the error message to OUT.
 - batchnorm: a BatchNormCNN with random shifts; every rank saves its state to OUT.rankR.pt.
+- simclr: SimCLR pretraining of a BatchNormCNN (whose classifier gets no gradient); rank 0 saves.
 """
 
 import sys
@@ -33,6 +34,15 @@ shift = RandomTranslate(2) if mode == "batchnorm" else None
 loader = DeviceLoader(x, y, global_batch // info.world_size, shuffle=True, drop_last=True, device="cpu", seed=3,
                       transform=shift, rank=info.rank, world_size=info.world_size)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+if mode == "simclr":
+    from companion.simclr import pretrain_simclr
+
+    model = BatchNormCNN(channels=(2, 4))
+    history = pretrain_simclr(model, loader, epochs=2, device="cpu", progress=False)
+    if info.rank == 0:
+        torch.save({"model": model.state_dict(), "history": history.to_dict()}, out)
+    destroy_distributed()
+    sys.exit(0)
 try:
     history = fit(model, loader, optimizer=optimizer, epochs=3, device="cpu", progress=False,
                   val_loader=DeviceLoader(x, y, 50, device="cpu", rank=info.rank, world_size=info.world_size))

@@ -262,3 +262,10 @@ def test_timer_uses_cuda_events_on_a_gpu():
         for _ in range(10):
             x = x @ x / 2000
     assert timer.seconds > 0 and hasattr(timer, "_events")
+
+
+def test_autocast_dtype_asks_for_native_bf16_not_emulated(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kwargs: asked.append(kwargs) or False)
+    assert autocast_dtype("cuda") == torch.float16  # a T4: bf16 only emulated -> float16 with a scaler
+    assert asked == [{"including_emulation": False}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -167,3 +168,12 @@ def test_torchrun_command_line_matches_a_single_process(data_dir, tmp_path):
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
     assert single.stdout.splitlines()[-1] == ddp.stdout.splitlines()[-1]  # the same test accuracy line
+
+
+def test_simclr_trains_under_ddp_although_the_classifier_gets_no_gradient(tmp_path):
+    # BatchNormCNN.fc is not used by SimCLR's loss; without find_unused_parameters DDP stops at step 2.
+    out = tmp_path / "simclr.pt"
+    result = _torchrun(2, str(WORKER), str(out), "24", "simclr")
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = torch.load(out, weights_only=True)["history"]
+    assert len(history["train_loss"]) == 2 and all(math.isfinite(v) for v in history["train_loss"])

@@ -212,3 +212,23 @@ def test_pretrain_simclr_restores_the_mode_and_names_its_input_errors():
     nan_images = torch.full((8, 1, 28, 28), float("nan"))
     with pytest.raises(NonFiniteLossError, match="at epoch 1, step 1 "):
         pretrain_simclr(model, DeviceLoader(nan_images, y[:8], 4, device="cpu"), epochs=1, device="cpu", progress=False)
+
+
+def test_pretrain_simclr_with_an_optimizer_factory_trains_backbone_and_head():
+    torch.manual_seed(0)
+    x = nn.functional.interpolate(torch.randn(32, 1, 4, 4), size=28, mode="bilinear")
+    loader = DeviceLoader(x, torch.zeros(32, dtype=torch.long), 16, shuffle=True, drop_last=True, device="cpu")
+    model = BatchNormCNN(channels=(2, 4))
+    given = []
+
+    def factory(params):
+        params = list(params)
+        given.extend(params)
+        return torch.optim.SGD(params, lr=0.05)
+
+    before = model.conv1.weight.detach().clone()
+    history = pretrain_simclr(model, loader, epochs=1, device="cpu", optimizer=factory, progress=False)
+    assert len(history) == 1
+    assert not torch.equal(before, model.conv1.weight)
+    # the factory saw the projection head's parameters too (backbone 2x conv + 2x BN + fc, head 2 linear + BN)
+    assert len(given) == len(list(model.parameters())) + 6
