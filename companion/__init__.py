@@ -8,7 +8,7 @@ Import it in the chapters and in your own code::
 
 Modules, one concern each and named like the book's ideas: :mod:`~companion.device`,
 :mod:`~companion.data`, :mod:`~companion.augment`, :mod:`~companion.concepts`, :mod:`~companion.cnn`,
-:mod:`~companion.summary`, :mod:`~companion.rnn`, :mod:`~companion.attention`,
+:mod:`~companion.modern_cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`, :mod:`~companion.attention`,
 :mod:`~companion.history`, :mod:`~companion.evaluation`, :mod:`~companion.checkpoint`,
 :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
 :mod:`~companion.finetune`, :mod:`~companion.simclr`, :mod:`~companion.distributed`,
@@ -30,6 +30,7 @@ from . import (
     evaluation,
     finetune,
     history,
+    modern_cnn,
     notebook,
     plots,
     recipes,
@@ -41,7 +42,15 @@ from . import (
 from .augment import RandomTranslate, random_translate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cnn import BatchNormCNN, SeedCNN
-from .data import DeviceLoader, ImageSplit, data_root, load_dataset, load_fashion_mnist, load_mnist
+from .data import (
+    DeviceLoader,
+    ImageSplit,
+    data_root,
+    load_dataset,
+    load_fashion_mnist,
+    load_mnist,
+    validation_split,
+)
 from .device import Timer, autocast, get_device, seed_everything
 from .evaluation import confusion_matrix, eval_mode, evaluate, predict
 from .history import History, Metrics
@@ -74,6 +83,7 @@ __all__ = [
     "finetune",
     "history",
     "interpret",
+    "modern_cnn",
     "notebook",
     "plots",
     "recipes",
@@ -112,4 +122,5 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "train_model",
+    "validation_split",
 ]

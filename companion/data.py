@@ -42,6 +42,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "balanced_subset",
+    "validation_split",
 ]
 
 #: Environment variable naming the data root.
@@ -350,6 +351,34 @@ def balanced_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torc
             raise ValueError(f"class {label} has {len(members)} samples, fewer than per_class={per_class}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     return torch.cat(chosen)
+
+
+def validation_split(split: ImageSplit, val_size: int, seed: int = 0) -> tuple[ImageSplit, ImageSplit]:
+    """Hold out ``val_size`` random images of a *training* split for validation.
+
+    Model choices (a learning rate, a depth, when to stop) are made on the validation part; the
+    test split is read only for the result reported at the end. Both parts keep the training
+    split's normalisation statistics (computed on all 60,000 images: a pixel mean and standard
+    deviation, which tell the model nothing about the validation labels).
+
+    Args:
+        split: a training split (``split.train``).
+        val_size: images to hold out, 1 <= val_size < len(split).
+        seed: seeds the random choice (a CPU ``torch.Generator``).
+
+    Returns:
+        ``(train, val)``: disjoint splits whose sizes add up to ``len(split)``.
+
+    Raises:
+        ValueError: ``split`` is a test split (validating on it would make it a second
+            training signal), or ``val_size`` is out of range.
+    """
+    if not split.train:
+        raise ValueError(f"validation_split needs a training split; got the test split of {split.name}")
+    if not 1 <= val_size < len(split):
+        raise ValueError(f"val_size must be in [1, {len(split) - 1}], got {val_size}")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[val_size:].sort().values), split.subset(order[:val_size].sort().values)
 
 
 class DeviceLoader:

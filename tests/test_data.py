@@ -626,3 +626,23 @@ def test_subset_keeps_statistics_and_picks_the_rows(mnist_test):
     sub = mnist_test.subset(index)
     assert torch.equal(sub.images, mnist_test.images[index]) and torch.equal(sub.labels, mnist_test.labels[index])
     assert (sub.mean, sub.std, sub.classes, sub.train) == (mnist_test.mean, mnist_test.std, mnist_test.classes, False)
+
+
+def test_validation_split_is_disjoint_complete_seeded_and_refuses_the_test_split(mnist_train, mnist_test):
+    from companion.data import validation_split
+
+    train, val = validation_split(mnist_train, 5000, seed=3)
+    assert len(train) == 55_000 and len(val) == 5000 and train.train and val.train
+    assert (train.mean, train.std, val.classes) == (mnist_train.mean, mnist_train.std, mnist_train.classes)
+    # disjoint and complete: every image is in exactly one part (compare the raw pixels' sums per image)
+    all_keys = torch.cat([train.images, val.images]).flatten(1).double() @ torch.arange(784, dtype=torch.float64)
+    reference = mnist_train.images.flatten(1).double() @ torch.arange(784, dtype=torch.float64)
+    torch.testing.assert_close(all_keys.sort().values, reference.sort().values)
+    again, val_again = validation_split(mnist_train, 5000, seed=3)
+    assert torch.equal(val.labels, val_again.labels) and torch.equal(val.images, val_again.images)
+    other = validation_split(mnist_train, 5000, seed=4)[1]
+    assert not torch.equal(val.images, other.images)
+    with pytest.raises(ValueError, match="needs a training split; got the test split of mnist"):
+        validation_split(mnist_test, 100)
+    with pytest.raises(ValueError, match=r"val_size must be in \[1, 59999\], got 60000"):
+        validation_split(mnist_train, 60_000)
