@@ -76,8 +76,11 @@ def batch_norm(
     Raises:
         ValueError: ``input`` has fewer than 2 dimensions; a buffer or parameter is not (C,);
             training with a single value per channel (its variance is undefined, as PyTorch
-            refuses); evaluation without running estimates.
+            refuses); only one of ``running_mean``, ``running_var`` given (PyTorch refuses too);
+            evaluation without running estimates.
     """
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
     if input.ndim < 2:
         raise ValueError(f"batch_norm expects input of shape (B, C, *), got {tuple(input.shape)}")
     C = input.shape[1]
@@ -303,13 +306,24 @@ def depthwise_conv2d(
         (B, C, H_out, W_out), the output size of ``nn.Conv2d``.
 
     Raises:
-        ValueError: shapes that do not fit, or a stride < 1 / padding < 0.
+        ValueError: shapes that do not fit (input, weight, bias, or a kernel larger than the
+            padded input), or a stride < 1 / padding < 0.
+        TypeError: a stride or padding that is not an int (pairs and ``"same"`` are refused).
     """
     if input.ndim != 4 or weight.ndim != 4 or weight.shape[:2] != (input.shape[1], 1) or weight.shape[2] != weight.shape[3]:
         raise ValueError(f"expected input (B, C, H, W) and weight (C, 1, k, k), got {tuple(input.shape)} and "
                          f"{tuple(weight.shape)}")  # fmt: skip
+    if bias is not None and tuple(bias.shape) != (input.shape[1],):
+        raise ValueError(f"bias must have shape ({input.shape[1]},), got {tuple(bias.shape)}")
+    for name, value in (("stride", stride), ("padding", padding)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"depthwise_conv2d takes an int {name} (the same on both axes), got {value!r}; "
+                            "use F.conv2d(groups=C) for per-axis values or padding='same'")  # fmt: skip
     if stride < 1 or padding < 0:
         raise ValueError(f"expected stride >= 1 and padding >= 0, got stride={stride}, padding={padding}")
+    if min(input.shape[-2:]) + 2 * padding < weight.shape[-1]:
+        raise ValueError(f"a {weight.shape[-1]}x{weight.shape[-1]} kernel does not fit the padded input "
+                         f"{tuple(input.shape[-2:])} with padding={padding}")  # fmt: skip
     B, C, H, W = input.shape
     k = weight.shape[-1]
     H_out, W_out = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
@@ -366,10 +380,23 @@ def tf_same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]
     pixel *after* — asymmetric where PyTorch pads symmetrically. Weights trained in TensorFlow
     (EfficientNet-Lite's) expect it: for 224 pixels, k = 3, stride 2 it is (0, 1), not (1, 1).
 
+    Args:
+        size: input length along the axis, >= 1 (pixels).
+        kernel_size: >= 1.
+        stride: >= 1.
+
+    Returns:
+        (before, after), pixels of zero padding.
+
+    Raises:
+        ValueError: an argument < 1.
+
     Examples:
         >>> tf_same_padding(224, 3, 2), tf_same_padding(112, 3, 1), tf_same_padding(28, 5, 2)
         ((0, 1), (1, 1), (1, 2))
     """
+    if min(size, kernel_size, stride) < 1:
+        raise ValueError(f"size, kernel_size and stride must be >= 1, got {size}, {kernel_size}, {stride}")
     out = -(-size // stride)  # ⌈size / stride⌉
     total = max((out - 1) * stride + kernel_size - size, 0)
     return total // 2, total - total // 2
@@ -384,6 +411,9 @@ def _like_batch_norm(bn: nn.BatchNorm2d) -> NormLayer:
 
 class InvertedResidual(nn.Module):
     r"""The inverted residual block with a linear bottleneck (MobileNetV2, Sandler et al., 2018), or MBConv.
+
+    (MBConv, "mobile inverted bottleneck convolution", is MnasNet's name for it, Tan et al., 2019,
+    which EfficientNet kept.)
 
     ``expand 1×1 (C_in → t·C_in) → norm → ReLU6 → depthwise k×k (stride) → norm → ReLU6 →
     project 1×1 (→ C_out) → norm``, plus the input when ``stride == 1`` and ``C_in == C_out``.
@@ -510,12 +540,15 @@ class DeepCNN(nn.Module):
     first block of stages 2 and 3 has stride 2) → global average pool → linear``. Each block is a
     :class:`ResidualBlock` with two 3 × 3 convolutions, so ``depth = 6n + 2`` counts the layers
     with weights. ``residual=False`` gives the *plain* network of the paper's degradation
-    experiment: the same layers without the shortcuts (the projections, too, which only
-    residual networks have). The stem's stride 2 (the paper's is 1, on 32 × 32) keeps it cheap
+    experiment: the same layers without the shortcuts. One deviation: where a block changes
+    shape, the shortcut is the projection (the paper's option B, a 1 × 1 convolution, which
+    the plain network does not have), while the paper's CIFAR networks use option A (identity
+    with zero-padded channels, no parameters), so that plain and residual networks have exactly
+    the same parameters; here the residual one has two 1 × 1 projections more. The stem's stride 2 (the paper's is 1, on 32 × 32) keeps it cheap
     on a CPU: the stages run at 14 × 14, 7 × 7 and 4 × 4. Weights start from He initialisation.
 
     Args:
-        depth: 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, ...).
+        depth: 6n + 2 with n >= 1 (8, 14, 20, 26, 32, ...).
         residual: shortcuts (ResNet) or not (plain).
         width: channels of the first stage.
         batch_norm: batch normalisation after every convolution; without it the

