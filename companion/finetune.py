@@ -7,9 +7,13 @@ and torchvision's (ResNet ``fc``, VGG ``classifier.6``, MobileNet ``classifier.3
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import torch
 from torch import nn
 
-__all__ = ["find_head", "freeze", "param_groups", "replace_head", "unfreeze"]
+__all__ = ["Headless", "ProbeResult", "find_head", "freeze", "linear_probe", "param_groups", "replace_head", "unfreeze"]
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -130,3 +134,131 @@ def param_groups(
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters (all frozen?)")
     return groups
+
+
+class Headless(nn.Module):
+    """A copy of ``model`` with its classification head replaced by the identity: a feature extractor.
+
+    ``forward_features(x)`` (and ``forward``) return what the head would have received,
+    flattened to (B, D), so :func:`~companion.evaluation.extract_features` and
+    :func:`linear_probe` accept any classifier: torchvision's ResNet-50 (head ``fc``, D = 2048),
+    ViT-B/16 (``heads.head``, D = 768), the package's networks. ``model`` itself is not changed.
+
+    Args:
+        model: a classifier.
+        head: attribute path of the head; default :func:`find_head` (its last ``nn.Linear``).
+            Pass it for models whose last ``nn.Linear`` is not the head.
+
+    Raises:
+        ValueError: as :func:`find_head`, or an unknown ``head``.
+    """
+
+    def __init__(self, model: nn.Module, head: str | None = None) -> None:
+        super().__init__()
+        import copy
+
+        name = head or find_head(model)
+        self.model = copy.deepcopy(model)
+        parent_name, _, attribute = name.rpartition(".")
+        try:
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            getattr(parent, attribute)
+        except AttributeError as error:
+            raise ValueError(f"{type(model).__name__} has no module {name!r}") from error
+        setattr(parent, attribute, nn.Identity())
+        self.head_name = name
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.model(x), 1)  # (B, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """A trained linear probe.
+
+    Attributes:
+        accuracy: test accuracy in [0, 1].
+        head: the ``nn.Linear(D, num_classes)``, on the CPU; it expects standardised features.
+        mean, std: the training features' per-dimension mean and standard deviation (D,), which
+            standardise any features for ``head``: ``head((features - mean) / std)``.
+        seconds: wall-clock seconds of the training (features given, so their extraction excluded).
+    """
+
+    accuracy: float
+    head: nn.Linear
+    mean: torch.Tensor
+    std: torch.Tensor
+    seconds: float
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    steps: int = 300,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> ProbeResult:
+    """Train a linear classifier on frozen features (a *linear probe*) and test it.
+
+    The features are standardised with the training features' mean and standard deviation,
+    then an ``nn.Linear`` is trained with AdamW and a one-cycle schedule for at least
+    ``steps`` steps (whole epochs of shuffled batches), with
+    :func:`~companion.recipes.train_model`. How good the probe gets measures how linearly
+    separable the classes are in the features, which is what a pretrained body is judged by
+    (chapter "Pretraining and fine-tuning"; Kornblith et al., 2019).
+
+    Args:
+        train_features, test_features: float (N, D) and (M, D), for example from
+            :func:`~companion.evaluation.extract_features`.
+        train_labels, test_labels: int64 (N,), (M,), values in [0, K).
+        steps: minimum number of optimizer steps, >= 1.
+        batch_size: samples per step (at most N).
+        lr: peak learning rate, > 0.
+        weight_decay: AdamW's decoupled weight decay, >= 0.
+        seed: seeds the head's initial weights and the shuffling.
+        device: where to train; default :func:`~companion.device.get_device`.
+
+    Returns:
+        A :class:`ProbeResult`.
+
+    Raises:
+        ValueError: features that are not 2-D with one label per row, train and test features
+            of different widths, or ``steps < 1``.
+    """
+    from .data import DeviceLoader
+    from .device import get_device
+    from .evaluation import evaluate
+    from .recipes import TrainConfig, train_model
+
+    for name, x, y in (("train", train_features, train_labels), ("test", test_features, test_labels)):
+        if x.ndim != 2 or y.shape != (len(x),):
+            raise ValueError(f"{name}_features must be (N, D) with {name}_labels (N,), "
+                             f"got {tuple(x.shape)} and {tuple(y.shape)}")  # fmt: skip
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"train and test features differ in width: {train_features.shape[1]} vs {test_features.shape[1]}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = get_device(device)
+    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
+    batch_size = min(batch_size, len(train_features))
+    loader = DeviceLoader((train_features - mean) / std, train_labels, batch_size, shuffle=True, device=device,
+                          seed=seed)  # fmt: skip
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    torch.manual_seed(seed)
+    head = nn.Linear(train_features.shape[1], num_classes).to(device)
+    epochs = math.ceil(steps / len(loader))
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adamw", weight_decay=weight_decay,
+                         schedule="one-cycle", seed=seed)  # fmt: skip
+    history = train_model(head, loader, config, device=device, progress=False)
+    test = DeviceLoader((test_features - mean) / std, test_labels, 1000, device=device)
+    accuracy = evaluate(head, test, device).accuracy
+    return ProbeResult(accuracy, head.cpu(), mean, std, history.total_seconds)

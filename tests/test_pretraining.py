@@ -232,3 +232,49 @@ def test_pretrain_simclr_with_an_optimizer_factory_trains_backbone_and_head():
     assert not torch.equal(before, model.conv1.weight)
     # the factory saw the projection head's parameters too (backbone 2x conv + 2x BN + fc, head 2 linear + BN)
     assert len(given) == len(list(model.parameters())) + 6
+
+
+def test_headless_returns_what_the_head_receives_and_leaves_the_model_alone():
+    from companion.finetune import Headless
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = Headless(net).eval()
+    assert features.head_name == "fc" and isinstance(net.fc, nn.Linear)  # the original keeps its head
+    with torch.no_grad():
+        got = features.forward_features(x)
+        torch.testing.assert_close(net.fc(got), net(x))  # the head applied to them gives the logits
+    assert got.shape == (2, 512)
+    seed_cnn = SeedCNN().eval()
+    assert Headless(seed_cnn, head="fc2")(torch.zeros(3, 1, 28, 28)).shape == (3, 50)
+    with pytest.raises(ValueError, match="has no module 'classifier.9'"):
+        Headless(seed_cnn, head="classifier.9")
+
+
+def test_linear_probe_separates_separable_features_and_standardises_with_training_statistics():
+    from companion.finetune import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1500, 8, generator=g) * 50 + 100  # far from standardised
+    x = x[((x[:, :2] - 100).abs() > 15).all(1)][:600]  # a margin around the class boundaries
+    y = (x[:, 0] > 100).long() + 2 * (x[:, 1] > 100).long()  # 4 classes, linearly separable
+    result = linear_probe(x[:400], y[:400], x[400:], y[400:], steps=300, lr=3e-2, device="cpu")
+    assert result.accuracy >= 0.95
+    torch.testing.assert_close(result.mean, x[:400].mean(0))
+    logits = result.head((x[400:] - result.mean) / result.std)
+    assert (logits.argmax(1) == y[400:]).float().mean().item() == pytest.approx(result.accuracy)
+    again = linear_probe(x[:400], y[:400], x[400:], y[400:], steps=300, lr=3e-2, device="cpu")
+    torch.testing.assert_close(again.head.weight, result.head.weight)  # seeded
+
+
+def test_linear_probe_errors():
+    from companion.finetune import linear_probe
+
+    x, y = torch.zeros(10, 4), torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"train_features must be \(N, D\)"):
+        linear_probe(x, y[:5], x, y)
+    with pytest.raises(ValueError, match="differ in width"):
+        linear_probe(x, y, torch.zeros(10, 3), y)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        linear_probe(x, y, x, y, steps=0)

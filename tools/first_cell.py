@@ -61,12 +61,20 @@ def extras_for(source: str) -> list[str]:
 def first_cell(extras: list[str], url: str | None = None) -> str:
     """The source of the first code cell for a chapter that needs ``extras``."""
     modules = ("companion", *(module for name in extras for module in EXTRAS[name][1]))
-    return TEMPLATE.format(
+    cell = TEMPLATE.format(
         url=url or repository_url(),
         extras=f"[{','.join(extras)}]" if extras else "",
         extras_note=" (and the chapter's extras)" if extras else "",
         modules="(" + ", ".join(f'"{name}"' for name in modules) + ("," if len(modules) == 1 else "") + ")",
     )
+    # A condition too long for one line of 88 characters, wrapped the way black wraps it.
+    lines = cell.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("if any(") and len(line) > 88:
+            generator = line.removeprefix("if any(").removesuffix("):")
+            test, loop = generator.split(" for ", 1)
+            lines[index : index + 1] = ["if any(", f"    {test}", f"    for {loop}", "):"]
+    return "\n".join(lines)
 
 
 def chapter_sources() -> list[Path]:
