@@ -183,7 +183,8 @@ class ProbeResult:
         accuracy: test accuracy in [0, 1].
         head: the ``nn.Linear(D, num_classes)``, on the CPU; it expects standardised features.
         mean, std: the training features' per-dimension mean and standard deviation (D,), which
-            standardise any features for ``head``: ``head((features - mean) / std)``.
+            standardise any features for ``head``: ``head((features - mean) / std)``; ``std`` is 1
+            for a feature that is constant on the training set.
         seconds: wall-clock seconds of the training (features given, so their extraction excluded).
     """
 
@@ -210,7 +211,7 @@ def linear_probe(
     """Train a linear classifier on frozen features (a *linear probe*) and test it.
 
     The features are standardised with the training features' mean and standard deviation,
-    then an ``nn.Linear`` is trained with AdamW and a one-cycle schedule for at least
+    then an ``nn.Linear``, initialised to zero, is trained with AdamW and a one-cycle schedule for at least
     ``steps`` steps (whole epochs of shuffled batches), with
     :func:`~companion.recipes.train_model`. How good the probe gets measures how linearly
     separable the classes are in the features, which is what a pretrained body is judged by
@@ -224,7 +225,7 @@ def linear_probe(
         batch_size: samples per step (at most N).
         lr: peak learning rate, > 0.
         weight_decay: AdamW's decoupled weight decay, >= 0.
-        seed: seeds the head's initial weights and the shuffling.
+        seed: seeds the shuffling.
         device: where to train; default :func:`~companion.device.get_device`.
 
     Returns:
@@ -232,7 +233,9 @@ def linear_probe(
 
     Raises:
         ValueError: features that are not 2-D with one label per row, train and test features
-            of different widths, or ``steps < 1``.
+            of different widths, fewer than 2 training samples, or ``steps < 1`` (and
+            :class:`~companion.recipes.TrainConfig`'s errors for ``lr``, ``weight_decay``,
+            ``batch_size``).
     """
     from .data import DeviceLoader
     from .device import get_device
@@ -248,13 +251,20 @@ def linear_probe(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = get_device(device)
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
+    if len(train_features) < 2:
+        raise ValueError(f"a linear probe needs at least 2 training samples, got {len(train_features)}")
+    mean, std = train_features.mean(0), train_features.std(0)
+    # A feature constant on the training set (a ReLU that never fired) is left unscaled, as
+    # scikit-learn's StandardScaler does: dividing by ~0 would blow up its test values.
+    std = torch.where(std > 1e-6 * std.max().clamp(min=1e-12), std, torch.ones_like(std))
     batch_size = min(batch_size, len(train_features))
     loader = DeviceLoader((train_features - mean) / std, train_labels, batch_size, shuffle=True, device=device,
                           seed=seed)  # fmt: skip
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    torch.manual_seed(seed)
     head = nn.Linear(train_features.shape[1], num_classes).to(device)
+    # Zero initial weights, as logistic regression starts: a feature that never varies in
+    # training then keeps a zero weight instead of a random one that its test values would amplify.
+    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
     epochs = math.ceil(steps / len(loader))
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adamw", weight_decay=weight_decay,
                          schedule="one-cycle", seed=seed)  # fmt: skip

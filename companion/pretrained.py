@@ -158,6 +158,7 @@ class EfficientNetLite0(nn.Module):
         return torch.flatten(self.pool(x), 1)  # (B, 1280)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, 1280) → logits (B, num_classes), through dropout (training only)."""
         return self.fc(self.dropout(features))  # (B, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,6 +237,7 @@ def efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000) -> Effi
     Raises:
         ModuleNotFoundError: the weights package is missing (see :func:`lite0_weights_path`).
         KeyError: the file has a tensor that no rule maps.
+        RuntimeError: a tensor of the file has another shape than the package's (``load_state_dict``).
     """
     model = EfficientNetLite0(num_classes=num_classes)
     if pretrained:
@@ -251,9 +253,11 @@ def efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000) -> Effi
 def preprocess(images: torch.Tensor, config: Preprocessing = PREPROCESSING) -> torch.Tensor:
     """Centre-crop, resize and normalise images the way ``config`` says the weights expect.
 
-    The centre crop keeps ``config.crop_fraction`` of the shorter side (a square), which is
-    resized to ``config.image_size`` with antialiasing; grey-scale images are repeated to three
-    channels.
+    As TensorFlow's EfficientNet evaluation preprocessing does: the centre crop keeps
+    ``int(config.crop_fraction · shorter side)`` pixels (a square, offset rounded up), which are
+    resized to ``config.image_size`` (no antialiasing, values not clamped); grey-scale images
+    are repeated to three channels. A batch of grey images must be (B, 1, H, W): (N, H, W) is
+    read as one (C, H, W) image.
 
     Args:
         images: uint8 (H, W), (H, W, 3) (the layout of ``skimage.data``), (3, H, W) or
@@ -280,13 +284,13 @@ def preprocess(images: torch.Tensor, config: Preprocessing = PREPROCESSING) -> t
         raise ValueError(f"expected (H, W), (H, W, 3), (C, H, W) or (B, C, H, W) with C = 1 or 3, got {tuple(images.shape)}")
     x = x.expand(-1, 3, -1, -1).float() / 255  # (B, 3, H, W) in [0, 1]
     H, W = x.shape[-2:]
-    side = round(config.crop_fraction * min(H, W))
-    top, left = (H - side) // 2, (W - side) // 2
+    side = int(config.crop_fraction * min(H, W))  # TensorFlow truncates
+    top, left = (H - side + 1) // 2, (W - side + 1) // 2  # and rounds the offset up
     x = x[..., top:top + side, left:left + side]  # the centre square
-    x = F.interpolate(x, size=(config.image_size,) * 2, mode=config.interpolation, align_corners=False,
-                      antialias=True).clamp(0, 1)  # fmt: skip
-    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.std).view(1, 3, 1, 1)
+    if side != config.image_size:  # TensorFlow's resize: no antialiasing, no clamping
+        x = F.interpolate(x, size=(config.image_size,) * 2, mode=config.interpolation, align_corners=False)
+    mean = torch.tensor(config.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

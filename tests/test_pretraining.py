@@ -278,3 +278,18 @@ def test_linear_probe_errors():
         linear_probe(x, y, torch.zeros(10, 3), y)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         linear_probe(x, y, x, y, steps=0)
+
+
+def test_linear_probe_leaves_a_feature_that_is_constant_in_training_unscaled():
+    from companion.finetune import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g)
+    y = (x[:, 0] > 0).long()
+    x[:100, 2] = 0.0  # a ReLU that never fired on the training half ...
+    x[100:, 2] = 5.0  # ... fires on every test sample
+    result = linear_probe(x[:100], y[:100], x[100:], y[100:], steps=200, lr=3e-2, device="cpu")
+    assert result.std[2] == 1.0 and result.std[0] != 1.0
+    assert result.accuracy >= 0.9  # not swamped by the test-only feature
+    with pytest.raises(ValueError, match="at least 2 training samples"):
+        linear_probe(x[:1], y[:1], x, y)
