@@ -131,8 +131,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     """Non-maximum suppression within each category, as ``torchvision.ops.batched_nms``.
 
     Boxes of different ``idxs`` (classes, or images) never suppress each other: the boxes are
-    shifted by ``idxs · (max coordinate + 1)`` so that groups cannot overlap, then :func:`nms`
-    runs once — torchvision's own trick.
+    shifted by ``idxs · (max − min coordinate + 1)`` so that groups cannot overlap, then
+    :func:`nms` runs once — torchvision's trick, whose offset ``max + 1`` separates groups only
+    when no coordinate is below −1 (there the two can differ; for boxes in an image they agree).
 
     Args:
         boxes: (N, 4) float; scores: (N,) float; idxs: (N,) int64 category of each box.
@@ -149,5 +150,5 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         raise ValueError(f"idxs must have shape ({len(boxes)},), got {tuple(idxs.shape)}")
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    offsets = idxs.to(boxes) * (boxes.max() + 1)
+    offsets = idxs.to(boxes) * (boxes.max() - boxes.min() + 1)
     return nms(boxes + offsets[:, None], scores, iou_threshold)

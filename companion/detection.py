@@ -37,8 +37,8 @@ class CenterNet(nn.Module):
     - ``offset``: (B, 2, H/4, W/4) the centre's sub-cell position in [0, 1), which the stride
       would otherwise round away.
 
-    The heat map's bias starts at −2.19 (a prior probability of 0.1, as in the paper), so the
-    focal loss is not swamped by the background at the start.
+    The heat map's bias starts at −2.19 (a prior probability of 0.1, as CenterNet's published
+    code does, after RetinaNet), so the focal loss is not swamped by the background at the start.
 
     Args:
         num_classes: K.
@@ -80,10 +80,11 @@ class CenterNet(nn.Module):
 def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
     """The radius of CenterNet's Gaussian peaks, as its published code computes it (from CornerNet, Law & Deng, 2018).
 
-    The smallest root of three quadratics, one for each way of moving a box's two corners
-    (both inward, both outward, one each) while keeping an overlap of about ``min_overlap``
-    with the true box. Known to be conservative (smaller than the exact bound); kept as it is
-    because the published models were trained with it. Linear in the box size.
+    The smallest of three radii, one for each way of moving a box's two corners (both inward,
+    both outward, one each) while keeping an overlap of about ``min_overlap`` with the true box.
+    The published code divides two of the quadratic roots by 2 instead of 2a, so its radius is
+    *larger* than the exact bound (0.273 s instead of 0.098 s for a square of side s); kept as
+    it is because the published models were trained with it. Linear in the box size.
 
     Args:
         height, width: box sizes (any shape), in heat-map cells.
@@ -154,8 +155,11 @@ def centernet_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Te
         L_k = -\frac{1}{N} \sum \begin{cases} (1 - \hat Y)^\alpha \log \hat Y & Y = 1 \\
         (1 - Y)^\beta \hat Y^\alpha \log(1 - \hat Y) & \text{otherwise} \end{cases}
 
-    with α = 2, β = 4 and N objects; the Gaussian ``(1 − Y)^β`` lowers the penalty near a centre.
-    Total: ``L_k + size_weight · L_size + offset_weight · L_off`` (the paper's 0.1 and 1).
+    with α = 2, β = 4 (the focal loss of Lin et al., 2017, with CenterNet's penalty reduction) and
+    N objects; the Gaussian ``(1 − Y)^β`` lowers the penalty near a centre. Total:
+    ``L_k + size_weight · L_size + offset_weight · L_off``. The weights are the paper's 0.1 and 1,
+    but sizes here are in input pixels, four times the paper's output-cell units, so the size
+    term weighs four times as much as in the paper.
 
     Args:
         outputs: :class:`CenterNet`'s dict; targets: :func:`centernet_targets`' dict (same device).
@@ -181,7 +185,7 @@ def decode_centernet(outputs: dict[str, torch.Tensor], max_detections: int = 100
 
     A cell is a peak if it equals the maximum of its 3 × 3 neighbourhood (max pooling plays
     NMS's part on the heat map); the ``max_detections`` highest peaks over all classes become
-    boxes centred at ``(cell + offset) · stride`` with the predicted size. Overlapping boxes of
+    boxes centred at ``(cell + offset) · stride`` with the predicted size, clipped to the input. Overlapping boxes of
     one class are then removed by :func:`~companion.boxes.batched_nms` (``None``: skip it).
 
     Args:
@@ -204,11 +208,13 @@ def decode_centernet(outputs: dict[str, torch.Tensor], max_detections: int = 100
     x, y = (cx + offset[:, 0]) * stride, (cy + offset[:, 1]) * stride
     half_w, half_h = size[:, 0].clamp(min=0) / 2, size[:, 1].clamp(min=0) / 2
     boxes = torch.stack([x - half_w, y - half_h, x + half_w, y + half_h], 2)  # (B, n, 4)
+    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w * stride)  # inside the input
+    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h * stride)
     results = []
     for b in range(B):
-        keep = torch.arange(boxes.shape[1], device=boxes.device)
+        keep = torch.nonzero(scores[b] > 0).flatten()  # top-k fills up with non-peaks (score 0)
         if nms_threshold is not None:
-            keep = batched_nms(boxes[b], scores[b], labels[b], nms_threshold)
+            keep = keep[batched_nms(boxes[b, keep], scores[b, keep], labels[b, keep], nms_threshold)]
         results.append({"boxes": boxes[b, keep].cpu(), "scores": scores[b, keep].cpu(), "labels": labels[b, keep].cpu()})
     return results
 

@@ -38,7 +38,7 @@ def _match(pred_boxes: torch.Tensor, true_boxes: torch.Tensor, iou_threshold: fl
     hits = torch.zeros(len(pred_boxes), dtype=torch.bool)
     if len(true_boxes) == 0 or len(pred_boxes) == 0:
         return hits
-    iou = box_iou(pred_boxes.double(), true_boxes.double())  # (D, G)
+    iou = box_iou(pred_boxes.double(), true_boxes.double()).nan_to_num(0.0)  # (D, G); 0/0 -> 0, as COCO
     threshold = min(iou_threshold, 1 - 1e-10)
     for d in range(len(pred_boxes)):
         candidates = torch.where(matched, -1.0, iou[d])  # matched objects are taken
@@ -90,6 +90,7 @@ class DetectionMetrics:
         map: mean AP over classes and the 10 IoU thresholds 0.50:0.95 (COCO's primary metric).
         map_50, map_75: mean AP over classes at IoU 0.5 and 0.75.
         per_class: ``{class: AP averaged over the thresholds}`` for every class with objects.
+        per_class_50: ``{class: AP at IoU 0.5}``.
         curves: ``{class: (recall, precision)}`` at IoU 0.5, before interpolation (for plots).
     """
 
@@ -97,6 +98,7 @@ class DetectionMetrics:
     map_50: float
     map_75: float
     per_class: dict[int, float]
+    per_class_50: dict[int, float]
     curves: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -176,6 +178,7 @@ def mean_average_precision(
         map_50=ap[:, i50].mean().item() if classes else nan,
         map_75=ap[:, i75].mean().item() if classes else nan,
         per_class={c: ap[ci].mean().item() for ci, c in enumerate(classes)},
+        per_class_50={c: ap[ci, i50].item() for ci, c in enumerate(classes)},
         curves=curves,
     )
 

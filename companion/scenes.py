@@ -121,7 +121,8 @@ def make_scenes(
         tries: draws per object before it is dropped.
 
     Returns:
-        :class:`Scenes`.
+        :class:`Scenes`. An object that found no room, or whose resized image has no pixel above
+        ``ink_threshold``, is left out, so a scene can hold fewer than ``min_objects``.
 
     Raises:
         ValueError: any argument out of its range.
@@ -133,6 +134,7 @@ def make_scenes(
         (8 <= lo <= hi <= canvas_size, f"need 8 <= size_range[0] <= size_range[1] <= canvas_size, got {size_range}, {canvas_size}"),
         (0 <= max_iou <= 1, f"max_iou must be in [0, 1], got {max_iou}"),
         (0 <= ink_threshold < 255, f"ink_threshold must be in [0, 255), got {ink_threshold}"),
+        (tries >= 1, f"tries must be >= 1, got {tries}"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:

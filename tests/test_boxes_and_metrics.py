@@ -73,6 +73,8 @@ def test_nms_degenerate_boxes_and_ties_by_index():
     # different classes never suppress each other, identical boxes of one class do
     kept = batched_nms(tied, torch.tensor([0.9, 0.8], dtype=D), torch.tensor([0, 1]), 0.5)
     assert kept.tolist() == [0, 1]
+    negative = torch.tensor([[-20, -20, 1, 1], [-20, -20, 1, 1]], dtype=D)  # torchvision keeps one here
+    assert batched_nms(negative, torch.tensor([0.9, 0.8], dtype=D), torch.tensor([0, 1]), 0.5).tolist() == [0, 1]
 
 
 def test_box_errors():
@@ -107,7 +109,11 @@ def random_detections(seed, images=8, classes=4, empty_every=3):
         pred = torch.cat([jittered, boxes(n)])
         pred = torch.cat([pred[:, :2], torch.max(pred[:, 2:], pred[:, :2] + 0.5)], 1)
         labels = torch.cat([true_labels, torch.randint(0, classes, (n,), generator=g)])
-        predictions.append(dict(boxes=pred, scores=torch.rand(len(pred), generator=g), labels=labels))
+        scores = torch.rand(len(pred), generator=g)
+        if seed % 2 == 0:  # class 0 has objects but no detections at all
+            keep = labels != 0
+            pred, scores, labels = pred[keep], scores[keep], labels[keep]
+        predictions.append(dict(boxes=pred, scores=scores, labels=labels))
         targets.append(dict(boxes=true_boxes, labels=true_labels))
     return predictions, targets
 
@@ -130,6 +136,45 @@ def test_map_equals_torchmetrics_with_faster_coco_eval(seed):
     for c, ap in ours.per_class.items():
         assert ap == pytest.approx(per_class[c], abs=1e-4)
     assert all(per_class[c] == -1 for c in classes if c not in ours.per_class)  # no objects: left out
+
+
+def _torchmetrics_map(predictions, targets):
+    metrics = pytest.importorskip("torchmetrics.detection")
+    pytest.importorskip("faster_coco_eval")
+    reference = metrics.MeanAveragePrecision(backend="faster_coco_eval")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference.update(predictions, targets)
+        return reference.compute()
+
+
+def test_map_limits_detections_per_image_and_class_like_coco():
+    # 150 detections of one class in one image: only the best 100 count (COCO's maxDets)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(30, 2, generator=g) * 50
+    truth = torch.cat([xy, xy + 8], 1)
+    noise = torch.cat([torch.rand(120, 2, generator=g) * 50, torch.zeros(120, 2)], 1)
+    noise[:, 2:] = noise[:, :2] + 5
+    boxes = torch.cat([truth + 0.5, noise])
+    scores = torch.cat([torch.rand(30, generator=g) * 0.5, torch.rand(120, generator=g)])  # truths ranked low
+    predictions = [dict(boxes=boxes, scores=scores, labels=torch.zeros(150, dtype=torch.long))]
+    targets = [dict(boxes=truth, labels=torch.zeros(30, dtype=torch.long))]
+    expected = _torchmetrics_map(predictions, targets)
+    ours = mean_average_precision(predictions, targets)
+    assert ours.map_50 == pytest.approx(expected["map_50"].item(), abs=1e-6)
+    assert ours.map_50 < mean_average_precision(predictions, targets, max_detections=150).map_50
+
+
+def test_map_recall_equal_to_a_recall_point_matches_torchmetrics():
+    # 5 objects, 3 found: recall 0.6 exactly, which torchmetrics' float32 point 0.6 lies just above
+    truth = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20, 0, 30, 10], [40, 0, 50, 10], [0, 20, 10, 30], [20, 20, 30, 30]])
+    found = truth[:3] + 0.2
+    wrong = torch.tensor([[60.0, 60.0, 70.0, 70.0]])
+    predictions = [dict(boxes=torch.cat([found[:2], wrong, found[2:]]), scores=torch.tensor([0.9, 0.8, 0.7, 0.6]),
+                        labels=torch.zeros(4, dtype=torch.long))]  # fmt: skip
+    targets = [dict(boxes=truth, labels=torch.zeros(5, dtype=torch.long))]
+    expected = _torchmetrics_map(predictions, targets)
+    assert mean_average_precision(predictions, targets).map_50 == pytest.approx(expected["map_50"].item(), abs=1e-7)
 
 
 def test_map_known_cases_by_hand():
@@ -156,6 +201,9 @@ def test_map_errors():
         mean_average_precision([], [], iou_thresholds=[0.6])
     with pytest.raises(ValueError, match="at least one object"):
         average_precision(torch.zeros(1), torch.zeros(1, dtype=torch.bool), 0)
+    with pytest.raises(ValueError, match=r"boxes must be \(N, 4\)"):
+        mean_average_precision([dict(boxes=torch.zeros(2, 4), scores=torch.zeros(3), labels=torch.zeros(2))],
+                               [dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0))])  # fmt: skip
 
 
 def test_mean_iou_equals_torchmetrics_jaccard_index():
