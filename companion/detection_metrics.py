@@ -123,7 +123,7 @@ def mean_average_precision(
 
     Per image and class, detections are sorted by decreasing score and the best
     ``max_detections`` kept (COCO's ``maxDets``, applied per image and category); per threshold
-    they are matched to objects (:func:`_match`) and pooled over images
+    they are matched to objects (COCO's greedy rule, best detection first) and pooled over images
     for :func:`average_precision`. A class counts if it has objects in ``targets``: a class with
     objects but no detections has AP 0; a class with detections but no objects is left out, as
     in COCO. Images without objects contribute only false positives.

@@ -62,7 +62,7 @@ def batch_norm(
     TensorFlow's). In evaluation mode the running estimates normalise.
 
     Args:
-        input: (B, C, *) float tensor (``*``: any spatial dimensions, possibly none).
+        input: ``(B, C, *)`` float tensor (``*``: any spatial dimensions, possibly none).
         running_mean, running_var: (C,) buffers, updated in place when ``training``; may be
             ``None`` only when ``training`` (then nothing is tracked).
         weight, bias: γ and β, (C,); ``None`` means 1 and 0.
@@ -173,7 +173,7 @@ def layer_norm(
     biased σ² taken over those dimensions.
 
     Args:
-        input: (*, *normalized_shape) float tensor.
+        input: ``(*, *normalized_shape)`` float tensor.
         normalized_shape: the trailing shape to normalise over, for example ``(D,)``.
         weight, bias: γ and β of shape ``normalized_shape``; ``None`` means 1 and 0.
         eps: ε > 0.
@@ -207,7 +207,7 @@ class LayerNorm(nn.Module):
     (same arguments: ``normalized_shape``, ``eps``, ``elementwise_affine``, ``bias``).
 
     Shape:
-        - Input: (*, *normalized_shape); output the same.
+        - Input: ``(*, *normalized_shape)``; output the same.
 
     Raises:
         ValueError: as :func:`layer_norm`.
@@ -343,8 +343,8 @@ class DepthwiseSeparableConv(nn.Module):
     ``C_in · k² + C_in · C_out`` instead of ``C_in · C_out · k²`` (norms aside).
 
     Args:
-        in_channels, out_channels, kernel_size (odd), stride: as ``nn.Conv2d``; padding keeps
-            the size at stride 1.
+        in_channels, out_channels, kernel_size, stride: as ``nn.Conv2d`` (an odd kernel_size);
+            padding keeps the size at stride 1.
         norm_layer: default ``nn.BatchNorm2d``.
 
     Shape:

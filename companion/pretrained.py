@@ -96,10 +96,10 @@ class Preprocessing:
         return self.image_size / (self.image_size + self.crop_padding)
 
 
-#: EfficientNet-Lite0's evaluation preprocessing (TensorFlow reference: resolution 224,
-#: ``crop_padding = 32``, bicubic resize, and the "inception-style" ``MEAN_RGB = 127``,
-#: ``STDDEV_RGB = 128`` on the 0–255 scale that its Lite models use for quantisation — not
-#: ImageNet's per-channel statistics).
+#: The evaluation preprocessing of EfficientNet-Lite0, as in the TensorFlow reference. Resolution
+#: 224, ``crop_padding = 32``, bicubic resize, and the "inception-style" ``MEAN_RGB = 127`` and
+#: ``STDDEV_RGB = 128`` on the 0–255 scale that its Lite models use for quantisation, not
+#: ImageNet's per-channel statistics.
 PREPROCESSING = Preprocessing(224, 32, "bicubic", (127 / 255,) * 3, (128 / 255,) * 3)
 
 
@@ -168,16 +168,11 @@ class EfficientNetLite0(nn.Module):
 def lite0_key_map(keys: list[str] | Mapping[str, object]) -> dict[str, str]:
     """The explicit mapping from the weights' names to :class:`EfficientNetLite0`'s.
 
-    ======================================  ====================================
-    weights file (TensorFlow port)          package
-    ======================================  ====================================
-    ``_conv_stem``, ``_bn0``                ``stem.0``, ``stem.1``
-    ``_blocks.i._expand_conv``, ``._bn0``   ``blocks.i.expand.0``, ``.expand.1``
-    ``_blocks.i._depthwise_conv``, ``._bn1`` ``blocks.i.depthwise.0``, ``.depthwise.1``
-    ``_blocks.i._project_conv``, ``._bn2``  ``blocks.i.project.0``, ``.project.1``
-    ``_conv_head``, ``_bn1``                ``head.0``, ``head.1``
-    ``_fc``                                 ``fc``
-    ======================================  ====================================
+    - ``_conv_stem``, ``_bn0`` → ``stem.0``, ``stem.1``
+    - ``_blocks.i._expand_conv``, ``_blocks.i._bn0`` → ``blocks.i.expand.0``, ``blocks.i.expand.1``
+    - ``_blocks.i._depthwise_conv``, ``_blocks.i._bn1`` → ``blocks.i.depthwise.0``, ``blocks.i.depthwise.1``
+    - ``_blocks.i._project_conv``, ``_blocks.i._bn2`` → ``blocks.i.project.0``, ``blocks.i.project.1``
+    - ``_conv_head``, ``_bn1`` → ``head.0``, ``head.1``; ``_fc`` → ``fc``
 
     Args:
         keys: the state dict's keys (or the state dict).
