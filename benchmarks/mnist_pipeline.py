@@ -53,7 +53,7 @@ import torchvision
 import torchvision.transforms as T
 
 import companion
-from companion.recipes import FAST, IMPROVED, build_model
+from companion.recipes import FAST, IMPROVED, PRECISIONS, build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -144,9 +144,13 @@ def fast_cuda_graph(config, seed: int, device: torch.device) -> dict:
     step_index = torch.zeros((), dtype=torch.long, device=device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
 
+    precision = PRECISIONS[config.mixed_precision]
+    enabled, dtype = bool(precision), precision if isinstance(precision, torch.dtype) else None
+
     def step() -> torch.Tensor:
         lr.copy_(lrs[step_index])
-        loss = F.cross_entropy(model(static_x), static_y, label_smoothing=config.label_smoothing)
+        with companion.autocast(device, enabled=enabled, dtype=dtype):
+            loss = F.cross_entropy(model(static_x), static_y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         optimizer.step()
@@ -190,7 +194,8 @@ def machine(device: torch.device) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"host": socket.gethostname(), "platform": platform.platform(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": str(device), "gpu": gpu}  # fmt: skip
+            "threads": torch.get_num_threads(), "device": str(device), "gpu": gpu,
+            "cpu_bf16_instructions": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())}  # fmt: skip
 
 
 def write_json(record: dict, path: Path) -> None:
@@ -234,20 +239,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per time-to-accuracy figure")
     parser.add_argument("--skip-995", action="store_true", help="skip the (slower) time to 99.5 %%")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON record")
+    parser.add_argument("--fast-precision", choices=["off", "auto", "bfloat16"], default=FAST.mixed_precision,
+                        help="FAST's mixed precision (default %(default)s; 'off' on a CPU without bfloat16 instructions)")
     args = parser.parse_args()
+    fast = dataclasses.replace(FAST, mixed_precision=args.fast_precision)
     device = companion.get_device()
     split = companion.load_mnist(train=True)
     num_batches = args.batches or -(-len(split) // 64)
     record = {"benchmark": "mnist_pipeline", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(device),
               "batches_per_measurement": num_batches, "repeats": args.repeats}  # fmt: skip
     record["pipeline"] = pipeline_rows(split, device, num_batches, args.repeats)
-    record["time_to_accuracy"] = {"99 % (FAST)": time_to_accuracy(FAST, args.seeds, device, 0.99)}
+    record["time_to_accuracy"] = {"99 % (FAST)": time_to_accuracy(fast, args.seeds, device, 0.99)}
     if not args.skip_995:
         config = dataclasses.replace(IMPROVED, epochs=6)
         record["time_to_accuracy"]["99.5 % (IMPROVED, 6 epochs)"] = time_to_accuracy(config, args.seeds, device, 0.995)
     if device.type == "cuda":
-        fast_cuda_graph(FAST, 0, device)  # warm-up: cuDNN autotuning, allocator
-        record["cuda_graph"] = fast_cuda_graph(FAST, 0, device)
+        fast_cuda_graph(fast, 0, device)  # warm-up: cuDNN autotuning, allocator
+        record["cuda_graph"] = fast_cuda_graph(fast, 0, device)
     path = args.json or RESULTS / f"mnist_pipeline-{socket.gethostname()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json(record, path)
     print(f"device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="samples per step")
     p.add_argument("--lr", type=_positive_float, help="(peak) learning rate")
     p.add_argument("--seed", type=_seed, help="random seed (default 0)")
+    p.add_argument("--mixed-precision", choices=["off", "auto", "bfloat16", "float16"],
+                   help="autocast: off, auto (CUDA's choice), bfloat16 (any device) or float16 (CUDA); default: the recipe's")
     p.add_argument("--data-dir", help="data root (default: $COMPANION_DATA_DIR, then ~/.cache/companion/data)")
     p.add_argument("--device", type=_device_name, help="cpu, cuda, cuda:N or mps (default: $COMPANION_DEVICE, then the best available)")
     p.add_argument("--download", action="store_true", help="download the dataset if its files are missing")
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> TrainConfig:
     overrides = {
         field: getattr(args, field)
-        for field in ("model", "dataset", "epochs", "batch_size", "lr", "seed")
+        for field in ("model", "dataset", "epochs", "batch_size", "lr", "seed", "mixed_precision")
         if getattr(args, field) is not None
     }
     return dataclasses.replace(RECIPES[args.recipe], **overrides)

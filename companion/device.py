@@ -189,31 +189,57 @@ def _native_bf16(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device | str, enabled: bool = True) -> Iterator[None]:
-    """Mixed precision on CUDA (the dtype of :func:`autocast_dtype`) and a no-op elsewhere.
+def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Mixed precision: by default on CUDA only (the dtype of :func:`autocast_dtype`), a no-op elsewhere.
 
     Args:
         device: the device the model runs on.
         enabled: ``False`` turns the context into a no-op everywhere.
+        dtype: ``torch.bfloat16`` or ``torch.float16`` to autocast to that dtype on any device
+            that supports it (bfloat16 on a CPU: fast where the processor has bfloat16
+            instructions, such as AVX512-BF16 or AMX, and emulated, slowly, elsewhere);
+            ``None``: :func:`autocast_dtype`'s choice.
+
+    Raises:
+        ValueError: ``dtype`` is not bfloat16 or float16, or float16 is asked for off CUDA
+            (float16 needs loss scaling, which the package does on CUDA only).
 
     Examples:
         >>> with autocast("cpu"):
-        ...     y = torch.ones(2) * 2  # float32: autocast is off on the CPU
+        ...     y = torch.ones(2) * 2  # float32: autocast is off on the CPU by default
+        >>> with autocast("cpu", dtype=torch.bfloat16):
+        ...     z = torch.ones(2, 2) @ torch.ones(2, 2)  # bfloat16
     """
-    dtype = autocast_dtype(device) if enabled else None
+    device = torch.device(device)
+    dtype = _checked_dtype(device, dtype) if enabled else None
+    if enabled and dtype is None:
+        dtype = autocast_dtype(device)
     if dtype is None:
         yield
         return
-    with torch.autocast(device_type="cuda", dtype=dtype):
+    with torch.autocast(device_type=device.type, dtype=dtype):
         yield
 
 
-def grad_scaler(device: torch.device | str, enabled: bool = True) -> torch.amp.GradScaler:
-    """A gradient scaler that is on exactly when :func:`autocast` runs in float16.
+def _checked_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype | None:
+    if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast dtype must be torch.bfloat16 or torch.float16, got {dtype}")
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"float16 autocast needs a CUDA device (for loss scaling), got {device}; "
+                         "use torch.bfloat16 on the CPU")  # fmt: skip
+    return dtype
+
+
+def grad_scaler(device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None = None) -> torch.amp.GradScaler:
+    """A gradient scaler that is on exactly when :func:`autocast` (same arguments) runs in float16.
 
     Its ``scale``, ``unscale_``, ``step`` and ``update`` pass everything through unchanged when it
     is off (bfloat16, float32, the CPU), so a training loop calls them unconditionally.
+
+    Raises:
+        ValueError: as :func:`autocast` for ``dtype``.
     """
     device = torch.device(device)
-    on = enabled and autocast_dtype(device) == torch.float16
+    dtype = _checked_dtype(device, dtype) if enabled else None
+    on = enabled and (dtype or autocast_dtype(device)) == torch.float16
     return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=on)

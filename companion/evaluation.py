@@ -3,13 +3,15 @@
 Every function here runs the model in ``eval()`` mode under :func:`torch.inference_mode`, through
 :func:`eval_mode`, which puts the model's previous mode back afterwards — also when the model or
 the loader raises. Tensors that leave this module are on the CPU. Explained in the chapter
-"MNIST in practice"; :func:`extract_features` in "Pretraining and fine-tuning".
+"MNIST in practice" (also :func:`calibration`); :func:`extract_features` in "Pretraining and fine-tuning".
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,17 @@ from torch import nn
 from .distributed import all_reduce_sum, collective_device, is_distributed
 from .history import Metrics
 
-__all__ = ["confusion_matrix", "eval_mode", "evaluate", "extract_features", "predict"]
+__all__ = [
+    "Calibration",
+    "calibration",
+    "confusion_matrix",
+    "eval_mode",
+    "evaluate",
+    "expected_calibration_error",
+    "extract_features",
+    "predict",
+    "wilson_interval",
+]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -151,3 +163,99 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
             raise ValueError(f"{name} must lie in [0, {num_classes}), got values in [{int(t.min())}, {int(t.max())}]")
     flat = labels.long() * num_classes + predictions.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Confidence against accuracy in bins: what a reliability diagram draws.
+
+    Attributes:
+        edges: float (M + 1,) bin edges 0, 1/M, …, 1. Bin ``m < M`` holds the confidences in
+            ``[m/M, (m+1)/M)``; bin ``M`` holds the confidences equal to 1 (torchmetrics' binning).
+        confidence: float (M + 1,) mean top-1 confidence per bin (0 where the bin is empty).
+        accuracy: float (M + 1,) fraction of correct top-1 predictions per bin (0 where empty).
+        count: int64 (M + 1,) samples per bin.
+        ece: expected calibration error, ``Σ_m (count_m / N) · |accuracy_m − confidence_m|``, in [0, 1].
+    """
+
+    edges: torch.Tensor
+    confidence: torch.Tensor
+    accuracy: torch.Tensor
+    count: torch.Tensor
+    ece: float
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> Calibration:
+    """Bin the top-1 confidences of ``logits`` and compare them with the accuracy in each bin.
+
+    A classifier is calibrated when, among the predictions made with confidence ``p``, a
+    fraction ``p`` is right (Guo et al., 2017). The expected calibration error (Naeini et al.,
+    2015) is the count-weighted mean gap between accuracy and confidence over the bins; the bins
+    and the arithmetic are those of ``torchmetrics.functional.classification.
+    multiclass_calibration_error(..., norm="l1")``, which it equals (tested).
+
+    Args:
+        logits: float (N, K) logits (softmax is applied here), N >= 1, K >= 2, finite.
+        labels: int64 (N,) true classes in [0, K).
+        num_bins: M >= 1 equal-width bins (torchmetrics' default: 15).
+
+    Returns:
+        A :class:`Calibration` on the CPU, in the dtype of ``logits``.
+
+    Raises:
+        ValueError: wrong shapes, no samples, labels outside [0, K), non-finite logits, or ``num_bins < 1``.
+    """
+    if logits.ndim != 2 or logits.shape[1] < 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
+        raise ValueError(f"expected logits (N, K) with N >= 1, K >= 2 and labels (N,), "
+                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")  # fmt: skip
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    if not torch.isfinite(logits).all():
+        raise ValueError("logits must be finite")
+    if int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    logits, labels = logits.detach().cpu(), labels.cpu()
+    confidence, prediction = F.softmax(logits, dim=1).max(dim=1)  # (N,), (N,)
+    correct = (prediction == labels).to(confidence.dtype)
+    edges = torch.linspace(0, 1, num_bins + 1, dtype=confidence.dtype)
+    index = torch.bucketize(confidence, edges, right=True) - 1  # [m/M, (m+1)/M) -> m; 1.0 -> M
+    count = torch.bincount(index, minlength=num_bins + 1)
+    safe = count.clamp(min=1).to(confidence.dtype)
+    mean_confidence = torch.zeros(num_bins + 1, dtype=confidence.dtype).index_add_(0, index, confidence) / safe
+    accuracy = torch.zeros(num_bins + 1, dtype=confidence.dtype).index_add_(0, index, correct) / safe
+    ece = ((count / len(labels)) * (accuracy - mean_confidence).abs()).sum().item()
+    return Calibration(edges, mean_confidence, accuracy, count, ece)
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
+    """The expected calibration error of :func:`calibration` (same arguments and errors), in [0, 1]."""
+    return calibration(logits, labels, num_bins).ece
+
+
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for an accuracy measured as ``correct`` out of ``total`` (Wilson, 1927).
+
+    It covers the sampling noise of a finite test set (each test image a Bernoulli trial), not
+    the variation between training runs (seeds); equal to
+    ``scipy.stats.binomtest(correct, total).proportion_ci(confidence, method="wilson")`` (tested).
+
+    Args:
+        correct: 0 <= correct <= total.
+        total: number of test samples, >= 1.
+        confidence: coverage in (0, 1), for example 0.95.
+
+    Returns:
+        ``(low, high)``, fractions in [0, 1].
+
+    Raises:
+        ValueError: counts out of range, or ``confidence`` outside (0, 1).
+    """
+    if total < 1 or not 0 <= correct <= total:
+        raise ValueError(f"expected 0 <= correct <= total and total >= 1, got correct={correct}, total={total}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + confidence / 2, dtype=torch.float64)).item()
+    p, n = correct / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

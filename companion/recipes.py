@@ -50,6 +50,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed-cnn": SeedCNN,
     "bn-cnn": BatchNormCNN,  # channels (32, 64)
     "bn-cnn-small": partial(BatchNormCNN, channels=(16, 32)),
+    "bn-cnn-fast": partial(BatchNormCNN, channels=(16, 32), pool_before_norm=True),
+}
+
+#: ``TrainConfig.mixed_precision`` values and the ``fit(mixed_precision=...)`` each stands for.
+PRECISIONS: dict[str, bool | torch.dtype] = {
+    "off": False,
+    "auto": True,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
 }
 
 
@@ -58,7 +67,8 @@ class TrainConfig:
     """Settings of one training run; every field has its unit or range.
 
     Attributes:
-        model: a key of :data:`MODELS` (``"logreg"``, ``"mlp"``, ``"seed-cnn"``, ``"bn-cnn"``, ``"bn-cnn-small"``).
+        model: a key of :data:`MODELS` (``"logreg"``, ``"mlp"``, ``"seed-cnn"``, ``"bn-cnn"``, ``"bn-cnn-small"``,
+            ``"bn-cnn-fast"``).
         dataset: ``"mnist"`` or ``"fashion-mnist"``.
         epochs: passes over the 60,000 training images.
         batch_size: samples per optimizer step.
@@ -71,6 +81,9 @@ class TrainConfig:
         max_shift: random translation per training image, in pixels (0: none).
         channels_last: store the model's weights channels-last (faster convolutions on CPU for wide layers).
         max_grad_norm: clip the gradients' global 2-norm to this before every step (``None``: no clipping).
+        mixed_precision: ``"off"`` (float32), ``"auto"`` (autocast on CUDA only, bfloat16 or float16
+            as :func:`companion.device.autocast_dtype` chooses), ``"bfloat16"`` (on any device; fast
+            on CPUs with bfloat16 instructions, emulated and slow on others) or ``"float16"`` (CUDA).
         seed: seeds the initial weights, the shuffling and the shifts.
     """
 
@@ -87,6 +100,7 @@ class TrainConfig:
     max_shift: int = 0
     channels_last: bool = False
     max_grad_norm: float | None = None
+    mixed_precision: Literal["off", "auto", "bfloat16", "float16"] = "off"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -103,6 +117,8 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.max_shift >= 0, f"max_shift must be >= 0, got {self.max_shift}"),
             (self.max_grad_norm is None or self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}"),
+            (self.mixed_precision in PRECISIONS,
+             f"mixed_precision must be one of {list(PRECISIONS)}, got {self.mixed_precision!r}"),
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
         ]
         for ok, message in checks:
@@ -128,9 +144,11 @@ IMPROVED = TrainConfig(
 )
 
 
-#: The fastest route to 99 % on a CPU that the benchmark found — half-width BatchNormCNN, one epoch, no shifts.
+#: The fastest route to 99 % on a CPU that the benchmark found — half-width BatchNormCNN pooling before
+#: its batch norms, one epoch, no shifts, bfloat16 autocast (chosen on a validation split; see
+#: ``benchmarks/mnist_pipeline.py``). On a CPU without bfloat16 instructions set ``mixed_precision="off"``.
 FAST = TrainConfig(
-    model="bn-cnn-small",
+    model="bn-cnn-fast",
     epochs=1,
     batch_size=128,
     lr=0.02,
@@ -139,6 +157,7 @@ FAST = TrainConfig(
     schedule="one-cycle",
     label_smoothing=0.1,
     channels_last=True,
+    mixed_precision="bfloat16",
 )
 
 
@@ -218,7 +237,7 @@ def train_model(
 
     ``config.model`` and ``config.dataset`` are not used (the model and the data are given);
     every other field is: the batch size, optimizer, learning rate and schedule, weight decay,
-    label smoothing, shifts, channels-last, gradient clipping, epochs and seed (of the shuffling
+    label smoothing, shifts, channels-last, gradient clipping, mixed precision, epochs and seed (of the shuffling
     and the shifts; seed the model's initial weights before building it).
 
     Args:
@@ -269,7 +288,8 @@ def train_model(
     return fit(
         model, train_loader, optimizer=optimizer, epochs=config.epochs, device=device, loss_fn=loss_fn,
         val_loader=val_loader, scheduler=scheduler, max_grad_norm=config.max_grad_norm,
-        checkpoint_path=checkpoint_path, resume=resume, progress=progress, on_epoch_end=on_epoch_end,
+        mixed_precision=PRECISIONS[config.mixed_precision], checkpoint_path=checkpoint_path, resume=resume,
+        progress=progress, on_epoch_end=on_epoch_end,
     )  # fmt: skip
 
 

@@ -151,7 +151,7 @@ def train_epoch(
     epoch: int = 1,
     batch_loss: BatchLoss | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    mixed_precision: bool = False,
+    mixed_precision: bool | torch.dtype = False,
     scaler: torch.amp.GradScaler | None = None,
     max_grad_norm: float | None = None,
     check_every: int = 25,
@@ -174,7 +174,9 @@ def train_epoch(
         epoch: 1-based epoch number, for ``set_epoch`` and the messages.
         batch_loss: see ``BatchLoss`` (``batch_loss(model, x, y) -> (loss, logits or None)``); default :func:`classification_loss` (cross-entropy).
         scheduler: stepped after every optimizer step, if given.
-        mixed_precision: autocast the forward pass (CUDA only).
+        mixed_precision: autocast the forward pass: ``True`` on CUDA only (the dtype of
+            :func:`~companion.device.autocast_dtype`), or a dtype (``torch.bfloat16`` on any
+            device, ``torch.float16`` on CUDA).
         scaler: a gradient scaler (default :func:`~companion.device.grad_scaler`).
         max_grad_norm: clip threshold, > 0, or ``None``.
         check_every: steps per non-finite check, >= 1.
@@ -185,10 +187,12 @@ def train_epoch(
 
     Raises:
         NonFiniteLossError: a loss became NaN or infinite (the message names epoch and step).
-        ValueError: ``check_every < 1``.
+        ValueError: ``check_every < 1``; ``mixed_precision`` is a dtype other than bfloat16 or
+            float16, or float16 off CUDA.
     """
     batch_loss = batch_loss or classification_loss()
-    scaler = scaler or grad_scaler(device, enabled=mixed_precision)
+    enabled, dtype = _precision(mixed_precision)
+    scaler = scaler or grad_scaler(device, enabled=enabled, dtype=dtype)
     guard = NonFiniteGuard(epoch, check_every)
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch - 1)
@@ -198,7 +202,7 @@ def train_epoch(
     started = time.perf_counter()
     for x, y in tqdm(loader, desc=desc or f"epoch {epoch}", disable=not progress, leave=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, enabled=mixed_precision):
+        with autocast(device, enabled=enabled, dtype=dtype):
             loss, logits = batch_loss(model, x, y)  # under DDP, backward() also averages the gradients
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # float16: loss scaled up, so small gradients survive
@@ -219,6 +223,13 @@ def train_epoch(
     guard.finish()
     synchronize(device)
     return EpochStats(loss_sum, correct, count, time.perf_counter() - started, lr)
+
+
+def _precision(mixed_precision: bool | torch.dtype) -> tuple[bool, torch.dtype | None]:
+    """``mixed_precision`` as :func:`~companion.device.autocast`'s ``enabled`` and ``dtype``."""
+    if isinstance(mixed_precision, torch.dtype):
+        return True, mixed_precision
+    return bool(mixed_precision), None
 
 
 def _check_fit_arguments(epochs, check_every, max_grad_norm, scheduler_interval, resume, checkpoint_path) -> None:
@@ -249,7 +260,7 @@ def fit(
     scheduler_interval: Literal["step", "epoch"] = "step",
     checkpoint_path: str | os.PathLike[str] | None = None,
     resume: bool = False,
-    mixed_precision: bool = False,
+    mixed_precision: bool | torch.dtype = False,
     max_grad_norm: float | None = None,
     progress: bool = True,
     check_every: int = 25,
@@ -286,8 +297,9 @@ def fit(
         scheduler, scheduler_interval: the learning-rate schedule and when it steps.
         checkpoint_path: if given, a checkpoint is written there after every epoch.
         resume: continue from ``checkpoint_path`` if that file exists.
-        mixed_precision: autocast on CUDA: bfloat16 where supported, else float16 with a
-            gradient scaler (:func:`~companion.device.grad_scaler`); no effect on the CPU or MPS.
+        mixed_precision: ``True``: autocast on CUDA, bfloat16 where supported, else float16 with a
+            gradient scaler (:func:`~companion.device.grad_scaler`), no effect on the CPU or MPS;
+            a dtype: autocast to it on any device (``torch.bfloat16``; ``torch.float16`` on CUDA).
             The scaler's state is not checkpointed: a resumed float16 run restarts its loss scale.
         max_grad_norm: clip the gradients' global 2-norm to this before each step.
         progress: show a tqdm progress bar on stderr.
@@ -300,7 +312,7 @@ def fit(
     Raises:
         ValueError: ``epochs < 0``, ``check_every < 1``, ``max_grad_norm <= 0``, ``resume`` without
             ``checkpoint_path``, an unknown ``scheduler_interval``, both ``loss_fn`` and
-            ``batch_loss``, or (distributed) processes with different numbers of batches per epoch.
+            ``batch_loss``, a ``mixed_precision`` dtype :func:`~companion.device.autocast` refuses, or (distributed) processes with different numbers of batches per epoch.
         NonFiniteLossError: the training loss became NaN or infinite.
     """
     _check_fit_arguments(epochs, check_every, max_grad_norm, scheduler_interval, resume, checkpoint_path)
@@ -313,7 +325,8 @@ def fit(
     if is_distributed():  # a plain iterable without a length is fine in one process
         check_equal_steps(len(train_loader), device)
     network, main = wrap_ddp(model, device), is_main_process()
-    scaler = grad_scaler(device, enabled=mixed_precision)
+    enabled, dtype = _precision(mixed_precision)
+    scaler = grad_scaler(device, enabled=enabled, dtype=dtype)
     for epoch in range(start + 1, epochs + 1):
         stats = train_epoch(
             network, train_loader, optimizer, device, epoch=epoch, batch_loss=batch_loss,

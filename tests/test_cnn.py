@@ -170,3 +170,25 @@ def test_seed_cnn_article_order_is_the_same_function():
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
     torch.testing.assert_close(theirs(x), article_forward(theirs, x), rtol=0, atol=0)
+
+
+def test_batch_norm_cnn_pool_before_norm_is_conv_pool_norm_relu():
+    # Hand-written reference in train mode (batch statistics of the pooled values).
+    torch.manual_seed(0)
+    model = BatchNormCNN(channels=(4, 6), pool_before_norm=True).double()
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+
+    def block(x, conv, bn):
+        pooled = F.max_pool2d(F.conv2d(x, conv.weight), 2)
+        return F.relu(F.batch_norm(pooled, None, None, bn.weight, bn.bias, training=True, eps=bn.eps))
+
+    h = block(block(x, model.conv1, model.bn1), model.conv2, model.bn2)
+    torch.testing.assert_close(model(x), model.fc(h.flatten(1)), rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_cnn_pool_before_norm_is_another_function():
+    torch.manual_seed(0)
+    after, before = BatchNormCNN(channels=(4, 6)), BatchNormCNN(channels=(4, 6), pool_before_norm=True)
+    before.load_state_dict(after.state_dict())
+    x = torch.randn(5, 1, 28, 28)
+    assert not torch.allclose(after(x), before(x), atol=1e-3)  # batch statistics of other values

@@ -189,6 +189,39 @@ def test_autocast_is_a_no_op_on_cpu(device):
     torch.testing.assert_close(y, a @ b, rtol=0, atol=0)
 
 
+def test_autocast_to_bfloat16_on_the_cpu_when_asked():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast("cpu", dtype=torch.bfloat16):
+        y = a @ b
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), a @ b, rtol=2e-2, atol=2e-2)  # bfloat16 keeps 8 significant bits
+    with autocast("cpu", enabled=False, dtype=torch.bfloat16):
+        assert (a @ b).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("device", "dtype", "message"), [
+    ("cpu", torch.float16, "float16 autocast needs a CUDA device"),
+    ("cpu", torch.float64, "must be torch.bfloat16 or torch.float16, got torch.float64"),
+    ("cuda", torch.int8, "must be torch.bfloat16 or torch.float16, got torch.int8"),
+])  # fmt: skip
+def test_autocast_and_grad_scaler_refuse_other_dtypes(device, dtype, message):
+    with pytest.raises(ValueError, match=message):
+        with autocast(device, dtype=dtype):
+            pass
+    with pytest.raises(ValueError, match=message):
+        grad_scaler(device, dtype=dtype)
+
+
+def test_grad_scaler_follows_an_explicit_dtype(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: made.append((device, enabled)))
+    grad_scaler("cuda", dtype=torch.float16)
+    grad_scaler("cuda", dtype=torch.bfloat16)
+    grad_scaler("cpu", dtype=torch.bfloat16)
+    assert made == [("cuda", True), ("cuda", False), ("cpu", False)]
+
+
 @cuda_only
 def test_autocast_is_reduced_precision_on_cuda():
     a, b = torch.randn(4, 8, device="cuda"), torch.randn(8, 3, device="cuda")

@@ -22,7 +22,8 @@ from companion.data import DeviceLoader
 from companion.device import seed_everything
 from companion.evaluation import confusion_matrix, evaluate, predict
 from companion.history import History, Metrics
-from companion.recipes import ARTICLE, IMPROVED, TrainConfig, build_model, build_optimizer
+from companion.data import ImageSplit
+from companion.recipes import ARTICLE, FAST, IMPROVED, TrainConfig, build_model, build_optimizer, train_model
 from companion.train import NonFiniteLossError, fit
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -597,6 +598,7 @@ def test_resume_of_a_finished_run_trains_no_more(tmp_path, cpu):
         ("schedule", "cosine"),
         ("label_smoothing", 1.0),
         ("max_shift", -1),
+        ("mixed_precision", "fp8"),
         ("seed", 2**32),
     ],
 )
@@ -737,7 +739,7 @@ def test_fit_routes_the_step_through_the_gradient_scaler(cpu, monkeypatch):
     fit(plain, data, optimizer=torch.optim.SGD(plain.parameters(), lr=0.1), epochs=2, device=cpu,
         max_grad_norm=1.0, progress=False)
     recorder = _RecordingScaler()
-    monkeypatch.setattr(companion.train, "grad_scaler", lambda device, enabled: recorder)
+    monkeypatch.setattr(companion.train, "grad_scaler", lambda device, enabled, dtype=None: recorder)
     fit(scaled, data, optimizer=torch.optim.SGD(scaled.parameters(), lr=0.1), epochs=2, device=cpu,
         max_grad_norm=1.0, mixed_precision=True, progress=False)
     assert recorder.calls == ["scale", "unscale_"] * 12
@@ -831,3 +833,50 @@ def test_count_parameters_of_parameter_groups_counts_shared_tensors_once():
 
     layer = nn.Linear(4, 3)
     assert count_parameters([layer.weight, layer.bias, layer.weight]) == 15 == count_parameters(layer)
+
+
+def _dtypes_seen(model: nn.Module) -> list[torch.dtype]:
+    seen: list[torch.dtype] = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    return seen
+
+
+def test_fit_autocasts_to_a_given_dtype_on_the_cpu(cpu):
+    # torch.bfloat16 turns autocast on even on the CPU; True leaves the CPU in float32.
+    data = random_batches(3)
+    for mixed_precision, expected in [(torch.bfloat16, torch.bfloat16), (True, torch.float32), (False, torch.float32)]:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 3)
+        seen = _dtypes_seen(model)
+        fit(model, data, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=1, device=cpu,
+            mixed_precision=mixed_precision, progress=False)  # fmt: skip
+        assert set(seen) == {expected}, mixed_precision
+
+
+def test_fit_refuses_float16_on_the_cpu_and_other_dtypes(cpu):
+    model = nn.Linear(3, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="float16 autocast needs a CUDA device"):
+        fit(model, random_batches(1), optimizer=optimizer, epochs=1, device=cpu, mixed_precision=torch.float16,
+            progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="must be torch.bfloat16 or torch.float16, got torch.float64"):
+        fit(model, random_batches(1), optimizer=optimizer, epochs=1, device=cpu, mixed_precision=torch.float64,
+            progress=False)  # fmt: skip
+
+
+def test_train_model_passes_the_configs_mixed_precision(cpu):
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    split = ImageSplit("mnist", True, images, torch.arange(64) % 10, list("0123456789"), mean=0.5, std=0.5)
+    for precision, expected in [("bfloat16", torch.bfloat16), ("off", torch.float32), ("auto", torch.float32)]:
+        torch.manual_seed(0)
+        model = SeedCNN()
+        seen = _dtypes_seen(model)
+        config = TrainConfig(epochs=1, batch_size=32, mixed_precision=precision)
+        train_model(model, split, config, device=cpu, progress=False)
+        assert set(seen) == {expected}, precision
+
+
+def test_fast_recipe_runs_in_bfloat16_on_the_pool_first_network():
+    assert FAST.mixed_precision == "bfloat16" and FAST.model == "bn-cnn-fast"
+    model = build_model(FAST.model)
+    assert model.pool_before_norm and (model.conv1.out_channels, model.conv2.out_channels) == (16, 32)
