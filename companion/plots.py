@@ -520,7 +520,7 @@ def lstm_cell_diagram() -> Figure:
 
     Draws, in the notation of chapter "Recurrent networks", the cell state :math:`c_{t-1} \\to c_t` along
     the top, scaled by the forget gate :math:`f_t` (:math:`\\odot`) and added to (+) the input gate
-    :math:`i_t` times the candidate :math:`g_t`; the four gate boxes (:math:`\\sigma` for the input,
+    :math:`i_t` times the candidate :math:`\\tilde c_t`; the four gate boxes (sigmoid for the input,
     forget and output gates, tanh for the candidate) fed by :math:`x_t` and :math:`h_{t-1}`; and the
     output :math:`h_t = o_t \\odot \\tanh(c_t)`. The function has no arguments: the cell's equations
     fix its picture.
@@ -547,12 +547,12 @@ def lstm_cell_diagram() -> Figure:
     _arrow(ax, (0.15, y_in), (x_o, y_in), head=False)
     _arrow(ax, (2.3, 0.2), (2.3, y_in - 0.02))
     ax.text(2.45, 0.35, "$x_t$", ha="left", va="center", fontsize=11)
-    gates = [(x_f, r"$\sigma$", "forget", "$f_t$", "gate"), (x_i, r"$\sigma$", "input", "$i_t$", "gate"),
-             (x_g, "tanh", "candidate", "$g_t$", "weight"), (x_o, r"$\sigma$", "output", "$o_t$", "gate")]
+    gates = [(x_f, "sigmoid", "forget", "$f_t$", "gate"), (x_i, "sigmoid", "input", "$i_t$", "gate"),
+             (x_g, "tanh", "candidate", r"$\tilde c_t$", "weight"), (x_o, "sigmoid", "output", "$o_t$", "gate")]
     for x, symbol, name, label, fill in gates:
         _arrow(ax, (x, y_in), (x, y_gate - gh / 2))
         _box(ax, x, y_gate, gw, gh, fill=fill)
-        ax.text(x, y_gate + 0.17, symbol, ha="center", va="center", fontsize=11)
+        ax.text(x, y_gate + 0.17, symbol, ha="center", va="center", fontsize=10)
         ax.text(x, y_gate - 0.3, name, ha="center", va="center", fontsize=8)
     # Forget gate up to the cell path; input gate times candidate, up into the sum.
     _arrow(ax, (x_f, y_gate + gh / 2), (x_f, y_c - 0.28))
@@ -561,7 +561,7 @@ def lstm_cell_diagram() -> Figure:
     _arrow(ax, (x_i, y_mix), (x_g - 0.28, y_mix))
     ax.text(x_i - 0.12, 4.4, "$i_t$", ha="right", va="center", fontsize=10)
     _arrow(ax, (x_g, y_gate + gh / 2), (x_g, y_mix - 0.28))
-    ax.text(x_g + 0.12, 4.25, "$g_t$", ha="left", va="center", fontsize=10)
+    ax.text(x_g + 0.12, 4.25, r"$\tilde c_t$", ha="left", va="center", fontsize=10)
     _node(ax, x_g, y_mix, r"$\odot$")
     _arrow(ax, (x_g, y_mix + 0.28), (x_g, y_c - 0.28))
     # Output: tanh of the new cell state, scaled by the output gate.
@@ -573,10 +573,10 @@ def lstm_cell_diagram() -> Figure:
     _node(ax, x_h, y_h, r"$\odot$")
     _arrow(ax, (x_h + 0.28, y_h), (15.8, y_h))
     ax.text(15.8, y_h + 0.2, "$h_t$", ha="right", va="bottom", fontsize=11)
-    ax.text(13.5, 0.45, "$\\sigma$: sigmoid, values in (0, 1)    $\\odot$: element-wise product", ha="right",
+    ax.text(13.5, 0.45, "sigmoid: values in (0, 1)    $\\odot$: element-wise product", ha="right",
             va="center", fontsize=8)
     ax.text(x_f + 0.3, y_c - 0.35, r"$f_t \odot c_{t-1}$", ha="left", va="top", fontsize=9)
-    ax.text(x_g + 0.3, y_c - 0.35, r"$c_t = f_t \odot c_{t-1} + i_t \odot g_t$", ha="left", va="top", fontsize=9)
+    ax.text(x_g + 0.3, y_c - 0.35, r"$c_t = f_t \odot c_{t-1} + i_t \odot \tilde c_t$", ha="left", va="top", fontsize=9)
     ax.text(x_h + 0.3, y_h - 0.35, r"$h_t = o_t \odot \tanh(c_t)$", ha="left", va="top", fontsize=9)
     return fig
 
@@ -713,17 +713,17 @@ def ddp_diagram(world_size: int = 2) -> Figure:
     """One training step of DistributedDataParallel: shards, replicas, the gradient all-reduce.
 
     Draws, in the notation of chapter "Trends", a global batch of B samples split into
-    ``world_size`` = W shards of B/W; one row per process (rank r, one GPU each) with its model replica
+    ``world_size`` = R shards of B/R; one row per process (rank r, one GPU each) with its model replica
     :math:`\\theta`, forward pass and loss :math:`L_r`, backward pass and local gradient
     :math:`\\nabla_\\theta L_r`; one all-reduce across the rows that averages the gradients,
-    :math:`g = \\frac{1}{W} \\sum_r \\nabla_\\theta L_r` (DDP runs it inside ``backward()``, bucket by
+    :math:`g = \\frac{1}{R} \\sum_r \\nabla_\\theta L_r` (DDP runs it inside ``backward()``, bucket by
     bucket); and the identical optimizer step on every process, which keeps the replicas equal.
 
     Args:
-        world_size: number of processes W, 2 to 4.
+        world_size: number of processes R, 2 to 4.
 
     Returns:
-        The :class:`~matplotlib.figure.Figure`, 8 inches wide, 0.8 + 1.3 W inches high.
+        The :class:`~matplotlib.figure.Figure`, 8 inches wide, 0.8 + 1.3 R inches high.
 
     Raises:
         ValueError: ``world_size`` is not an integer from 2 to 4.
@@ -741,7 +741,7 @@ def ddp_diagram(world_size: int = 2) -> Figure:
         ax.text(columns[0] - bw / 2, y + bh / 2 + 0.12, f"process {r} (rank {r}, GPU {r})", ha="left", va="bottom",
                 fontsize=8, color="#555555")
         _arrow(ax, (1.5, y), (columns[0] - bw / 2, y))
-        _box(ax, columns[0], y, bw, bh, f"shard {r}\nB/W samples", fill="data", fontsize=8)
+        _box(ax, columns[0], y, bw, bh, f"shard {r}\nB/R samples", fill="data", fontsize=8)
         _box(ax, columns[1], y, bw, bh, "replica\nweights $\\theta$", fill="weight", fontsize=8)
         _box(ax, columns[2], y, bw, bh, f"forward\nloss $L_{r}$", fill="op", fontsize=8)
         _box(ax, columns[3], y, bw, bh, f"backward\n$\\nabla_\\theta L_{r}$", fill="op", fontsize=8)
@@ -753,11 +753,11 @@ def ddp_diagram(world_size: int = 2) -> Figure:
         _arrow(ax, (columns[4] + 0.9, y), (columns[5] - 0.975, y))
     span = rows[0] - rows[-1] + bh
     _box(ax, columns[4], sum(rows) / W, 1.8, span, "all-reduce\n(average)\n\n"
-         r"$g = \frac{1}{W} \sum_r \nabla_\theta L_r$", fill="comm", fontsize=8)
+         r"$g = \frac{1}{R} \sum_r \nabla_\theta L_r$", fill="comm", fontsize=8)
     ax.text(columns[4], rows[-1] - bh / 2 - 0.15, "inside backward(),\nbucket by bucket", ha="center", va="top",
             fontsize=7, color="#555555")
     ax.text(8.0, 0.2, "same initial θ (broadcast from rank 0) + same g on every process = identical replicas "
             "after every step", ha="center", va="bottom", fontsize=8)
-    ax.text(8.0, 2 * height - 0.2, f"W = {W} processes, one global batch of B samples per step", ha="center",
+    ax.text(8.0, 2 * height - 0.2, f"R = {W} processes, one global batch of B samples per step", ha="center",
             va="top", fontsize=9)
     return fig

@@ -250,9 +250,9 @@ def test_lstm_cell_diagram_has_every_gate_and_path():
     text = labels(lstm_cell_diagram())
     for name in ("forget", "input", "candidate", "output", "$c_{t-1}$", "$c_t$", "$h_{t-1}$", "$h_t$", "$x_t$"):
         assert name in text, name
-    assert text.count(r"$\sigma$") == 3 and text.count("tanh") == 2  # candidate and output
+    assert text.count("sigmoid") == 3 and text.count("tanh") == 2  # candidate and output
     assert text.count(r"$\odot$") == 3 and text.count("+") == 1  # forget, input, output; the sum
-    assert r"$c_t = f_t \odot c_{t-1} + i_t \odot g_t$" in text
+    assert r"$c_t = f_t \odot c_{t-1} + i_t \odot \tilde c_t$" in text
 
 
 def test_attention_diagram_with_and_without_mask():
@@ -291,10 +291,10 @@ def test_transformer_block_diagram_errors(kwargs, match):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ddp_diagram_one_row_per_process_and_one_all_reduce(world_size):
     text = labels(ddp_diagram(world_size))
-    assert [t for t in text if t.startswith("shard")] == [f"shard {r}\nB/W samples" for r in range(world_size)]
+    assert [t for t in text if t.startswith("shard")] == [f"shard {r}\nB/R samples" for r in range(world_size)]
     assert sum(t.startswith("optimizer step") for t in text) == world_size
     assert sum("all-reduce" in t for t in text) == 1 and any("(average)" in t for t in text)
-    assert f"W = {world_size} processes, one global batch of B samples per step" in text
+    assert f"R = {world_size} processes, one global batch of B samples per step" in text
 
 
 @pytest.mark.parametrize("world_size", [1, 5, "2"])
