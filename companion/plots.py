@@ -13,17 +13,14 @@ nothing is shown twice in a notebook and nothing is left open in a script.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 
+from .evaluation import Calibration
 from .history import History
-
-if TYPE_CHECKING:
-    from .evaluation import Calibration
 
 __all__ = [
     "attention_diagram",
@@ -156,7 +153,7 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str]) -> Figur
     return fig
 
 
-def plot_reliability(calibrations: Mapping[str, "Calibration"]) -> Figure:
+def plot_reliability(calibrations: Mapping[str, Calibration]) -> Figure:
     """Reliability diagrams: accuracy against confidence per bin, one panel per model.
 
     Args:
