@@ -189,7 +189,10 @@ def scaled_dot_product_attention(
             allowed = attn_mask
         else:
             scores = scores + attn_mask
-    weights = _masked_softmax(scores, allowed)  # (..., M, N)
+    if attn_mask is None and not is_causal:  # no mask: every query has all N keys to attend to
+        weights = scores.softmax(dim=-1)  # (..., M, N)
+    else:
+        weights = _masked_softmax(scores, allowed)  # (..., M, N)
     return weights @ value, weights  # (..., M, d_v)
 
 

@@ -28,24 +28,33 @@ COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(torch.linspace(0.5, 0.95, 10).tol
 RECALL_POINTS = torch.linspace(0.0, 1.0, 101).double()
 
 
-def _match(pred_boxes: torch.Tensor, true_boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """For detections sorted by decreasing score: True where one matches a not-yet-matched object.
+def _iou_rows(pred_boxes: torch.Tensor, true_boxes: torch.Tensor) -> list[list[float]]:
+    """The (D, G) IoU matrix in float64 as nested lists; 0/0 counts as 0, as in COCO."""
+    if len(pred_boxes) == 0:
+        return []
+    if len(true_boxes) == 0:
+        return [[] for _ in range(len(pred_boxes))]
+    return box_iou(pred_boxes.double(), true_boxes.double()).nan_to_num(0.0).tolist()
+
+
+def _greedy_hits(iou_rows: list[list[float]], iou_threshold: float) -> list[bool]:
+    """For detections sorted by decreasing score (the rows): True where one matches a not-yet-matched object.
 
     COCO's rule: each detection, best first, takes the unmatched object it overlaps most, if
     that IoU is at least the threshold.
     """
-    matched = torch.zeros(len(true_boxes), dtype=torch.bool)
-    hits = torch.zeros(len(pred_boxes), dtype=torch.bool)
-    if len(true_boxes) == 0 or len(pred_boxes) == 0:
-        return hits
-    iou = box_iou(pred_boxes.double(), true_boxes.double()).nan_to_num(0.0)  # (D, G); 0/0 -> 0, as COCO
     threshold = min(iou_threshold, 1 - 1e-10)
-    for d in range(len(pred_boxes)):
-        candidates = torch.where(matched, -1.0, iou[d])  # matched objects are taken
-        best = len(candidates) - 1 - int(candidates.flip(0).argmax())  # ties: the last object, as COCO
-        if candidates[best] >= threshold:
+    matched = [False] * (len(iou_rows[0]) if iou_rows else 0)
+    hits = []
+    for row in iou_rows:
+        best, best_iou = -1, -1.0
+        for g, value in enumerate(row):
+            if not matched[g] and value >= best_iou:  # ties: the last object, as COCO
+                best, best_iou = g, value
+        hit = best >= 0 and best_iou >= threshold
+        if hit:
             matched[best] = True
-            hits[d] = True
+        hits.append(hit)
     return hits
 
 
@@ -160,13 +169,15 @@ def mean_average_precision(
     curves = {}
     for ci, c in enumerate(classes):
         num_objects = sum(int((t["labels"] == c).sum()) for t in targets)
+        scores, ious = [], []  # per image: this class's detections (best first) and their IoU rows
+        for p, t in zip(top, targets):
+            mine = torch.nonzero(p["labels"] == c).flatten()[:max_detections]
+            scores.append(p["scores"][mine])
+            ious.append(_iou_rows(p["boxes"][mine], t["boxes"][t["labels"] == c]))
+        scores = torch.cat(scores)
         for ti, threshold in enumerate(thresholds):
-            scores, hits = [], []
-            for p, t in zip(top, targets):
-                mine = torch.nonzero(p["labels"] == c).flatten()[:max_detections]  # best first
-                scores.append(p["scores"][mine])
-                hits.append(_match(p["boxes"][mine], t["boxes"][t["labels"] == c], threshold))
-            ap[ci, ti], recall, precision = average_precision(torch.cat(scores), torch.cat(hits), num_objects)
+            hits = torch.tensor([hit for rows in ious for hit in _greedy_hits(rows, threshold)], dtype=torch.bool)
+            ap[ci, ti], recall, precision = average_precision(scores, hits, num_objects)
             if abs(threshold - 0.5) < 1e-9:
                 curves[c] = (recall, precision)
     at = {t: ti for ti, t in enumerate(thresholds)}
