@@ -121,8 +121,14 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("14", "sourced fact: ImageNet-21k's images (Dosovitskiy et al.)"),
         ("300", "sourced fact: JFT-300M's images (Dosovitskiy et al.)"),
     ],
-    "mnist_in_practice": [
+    "ablation": [
         ("95 %", "threshold: the level of the paired t-test"),
+        ("60,000", "sourced fact: MNIST's training images"),
+        ("0", "name: the seed of the reliability diagram"),
+        ("1", "definition: the largest confidence"),
+        ("2", "setting: the largest random shift"),
+    ],
+    "mnist_in_practice": [
         ("0.001", "sourced fact: the article's learning rate"),
         ("0.01", "setting: the learning rate compared with the article's"),
         ("99.2 %", "threshold: the improved recipe's asserted test accuracy"),

@@ -83,6 +83,11 @@ def chapter_sources() -> list[Path]:
     return sorted(CHAPTERS.glob("*.md"))
 
 
+def _code(text: str) -> str:
+    """The code cells of a MyST text, joined: what a chapter imports (prose may name a library)."""
+    return "\n".join(m.group("source") for m in _CELL.finditer(text))
+
+
 def expected_text(path: Path) -> str:
     """``path``'s text with :func:`first_cell` as its first code cell (replaced, or inserted)."""
     text = path.read_text()
@@ -90,9 +95,9 @@ def expected_text(path: Path) -> str:
     if match is None:
         raise ValueError(f"{path} has no code cell")
     if match.group("source").startswith(MARKER):
-        cell = first_cell(extras_for(text[match.end():]))
+        cell = first_cell(extras_for(_code(text[match.end():])))
         return text[: match.start("source")] + cell + text[match.end("source"):]
-    cell = first_cell(extras_for(text))
+    cell = first_cell(extras_for(_code(text)))
     return text[: match.start()] + "```{code-cell}\n" + cell + "\n```\n\n" + text[match.start():]
 
 
