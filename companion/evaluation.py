@@ -3,7 +3,7 @@
 Every function here runs the model in ``eval()`` mode under :func:`torch.inference_mode`, through
 :func:`eval_mode`, which puts the model's previous mode back afterwards — also when the model or
 the loader raises. Tensors that leave this module are on the CPU. Explained in the chapter
-"MNIST in practice" (also :func:`calibration`); :func:`extract_features` in "Pretraining and fine-tuning".
+"MNIST in practice" (:func:`calibration` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning".
 """
 
 from __future__ import annotations
