@@ -105,6 +105,15 @@ def test_first_cell_template_reads_the_chapters_extras():
     ast.parse(cell)
 
 
+def test_first_cell_writer_reads_extras_from_code_not_prose(tmp_path):
+    source = tmp_path / "chapter.md"
+    prose = "A test checks it equals torchmetrics' value.\n\n"
+    source.write_text(prose + "```{code-cell}\nimport companion\n```\n")
+    assert "companion[" not in first_cell.expected_text(source)  # prose names a library: no extra
+    source.write_text(prose + "```{code-cell}\nfrom companion.interpret import grad_cam\n```\n")
+    assert "companion[interpret]" in first_cell.expected_text(source)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_code_fits_the_page(path):
     wide = [line for cell in _code_cells(path) for line in cell.splitlines() if len(line) > MAX_LINE]
