@@ -302,3 +302,18 @@ def test_autocast_dtype_asks_for_native_bf16_not_emulated(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kwargs: asked.append(kwargs) or False)
     assert autocast_dtype("cuda") == torch.float16  # a T4: bf16 only emulated -> float16 with a scaler
     assert asked == [{"including_emulation": False}]
+
+
+def test_timing_conditions_name_the_threads_and_a_shared_cpu(monkeypatch: pytest.MonkeyPatch):
+    from companion.device import SHARED_CPU_ENV, timing_conditions
+
+    threads = torch.get_num_threads()
+    monkeypatch.delenv(SHARED_CPU_ENV, raising=False)
+    plural = "thread" if threads == 1 else "threads"
+    assert timing_conditions("cpu") == f"on the CPU with {threads} {plural}"
+    monkeypatch.setenv(SHARED_CPU_ENV, "1")
+    assert timing_conditions(torch.device("cpu")) == f"on the CPU with {threads} {plural}, while another notebook ran beside it"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert timing_conditions("cpu").startswith("on the CPU with 1 thread,")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert timing_conditions("cuda:0") == "on the CUDA device Tesla T4"  # no CPU clause on a GPU

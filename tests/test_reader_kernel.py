@@ -15,8 +15,11 @@ Then it checks, in that environment:
 - the kernels were the environment's, without myst-nb, and the data came from the mirror.
 
 It fails if a chapter imports a build-only package, if a load refuses to download, or if a
-download is visible before it is complete. Slow (a few minutes: PyTorch is installed from the
-local wheel cache); ``.ci/run`` runs it with the other tests.
+download is visible before it is complete. What a reader's runtime already has (PyTorch,
+torchvision and a kernel) is installed once per machine into a cached folder that every fresh
+environment reads through a ``.pth`` file (:func:`_reader_base`); the package and its extras are
+installed anew each run, by the chapters' own first cell. Slow (a few minutes; the first run on a
+machine installs PyTorch too); ``.ci/run`` runs it with the other tests.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -80,6 +84,34 @@ def _check(result: subprocess.CompletedProcess, what: str) -> None:
     assert result.returncode == 0, f"{what} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
+def _reader_base(python: Path, env: dict) -> Path:
+    """PyTorch, torchvision, ipykernel and nbclient installed (``pip install --target``) into a cached folder.
+
+    The folder is keyed by the Python, PyTorch and torchvision versions and lives under
+    ``$XDG_CACHE_HOME`` (else ``~/.cache``)/``companion-tests``; it is built in a temporary folder and
+    renamed into place when complete, so an interrupted build is never reused. The first run on a
+    machine installs PyTorch (minutes); later runs reuse it.
+    """
+    import torch
+    import torchvision
+
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
+            "ipykernel", "nbclient"]  # fmt: skip
+    version = _run([python, "-c", "import sys; print(sys.version)"], env).stdout.strip()
+    key = hashlib.sha256("\n".join([version, *pins]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "companion-tests"
+    base = cache / f"reader-base-{key}"
+    if not base.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f"{base.name}.", dir=cache))
+        _check(_run([python, "-m", "pip", "install", "-q", "--target", partial, *pins], env), "pip install (base)")
+        try:
+            partial.rename(base)
+        except OSError:  # another run finished first: use its folder
+            shutil.rmtree(partial, ignore_errors=True)
+    return base
+
+
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory, data_dir):
     """A fresh virtual environment, its environment variables, an empty data root and the mirror."""
@@ -95,12 +127,10 @@ def reader(tmp_path_factory, data_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MPLBACKEND", "VIRTUAL_ENV")}
     env.update(PATH=f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}", COMPANION_DATA_DIR=str(data_root),
                JUPYTER_DATA_DIR=str(base / "jupyter"), PIP_DISABLE_PIP_VERSION_CHECK="1")  # fmt: skip
-    # PyTorch first, from the local wheel cache, at the version this machine runs.
-    import torch
-    import torchvision
-
-    torch_pins = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
-    _check(_run([python, "-m", "pip", "install", "-q", *torch_pins, "ipykernel", "nbclient"], env), "pip install")
+    # What a reader's runtime already has (Colab: PyTorch and a kernel), at the versions this machine
+    # runs: installed once per machine into a folder outside the environment and reused, through a
+    # .pth file, by every fresh environment. Everything else comes from the chapters' first cell.
+    (site / "reader-base.pth").write_text(str(_reader_base(python, env)) + "\n")
     with Mirror(data_dir) as mirror:
         env["COMPANION_TEST_MIRROR"] = mirror.url
         yield {"python": python, "env": env, "data": data_root, "mirror": mirror, "base": base}
