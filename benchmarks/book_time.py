@@ -122,6 +122,7 @@ def time_in_parallel(paths: list[Path], jobs: int, timeout: float = 1800) -> lis
                 path = queue.pop(0)
             alone = parallel.timed_alone(path)
             env = dict(os.environ)
+            env.pop(parallel.SHARED_ENV, None)
             if not alone:
                 env.update({"OMP_NUM_THREADS": "1", parallel.SHARED_ENV: "1"})
             lock.acquire(exclusive=alone)
