@@ -105,13 +105,13 @@ def time_in_parallel(paths: list[Path], jobs: int, timeout: float = 1800) -> lis
 
     Timed chapters (:data:`parallel.TIMED_ALONE`) hold a :class:`parallel.CpuLock` exclusively and keep
     the default threads; the others hold it shared, one thread each. Each result gains ``worker``,
-    ``cpu_threads`` and ``alone``.
+    ``cpu_threads``, ``alone`` and ``interval`` (start and end, seconds since the first start).
     """
     durations = parallel.read_durations(ROOT / "tests" / "durations.json", ROOT / "_build" / "test-durations.json")
     keys = {p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else str(p): p for p in paths}
     queue = [keys[k] for k in parallel.longest_first(keys, durations)]
     lock_path = Path(tempfile.mkdtemp(prefix="book-time-")) / "cpu.lock"
-    results, guard = [], threading.Lock()
+    results, guard, origin = [], threading.Lock(), time.perf_counter()
 
     def worker(number: int) -> None:
         lock = parallel.CpuLock(lock_path)
@@ -126,11 +126,13 @@ def time_in_parallel(paths: list[Path], jobs: int, timeout: float = 1800) -> lis
             if not alone:
                 env.update({"OMP_NUM_THREADS": "1", parallel.SHARED_ENV: "1"})
             lock.acquire(exclusive=alone)
+            started = time.perf_counter() - origin
             try:
                 result = time_notebook(path, timeout, env=env)
             finally:
                 lock.release()
-            result.update(worker=f"job{number}", cpu_threads=env.get("OMP_NUM_THREADS", "default"), alone=alone)
+            result.update(worker=f"job{number}", cpu_threads=env.get("OMP_NUM_THREADS", "default"), alone=alone,
+                          interval=[started, time.perf_counter() - origin])  # fmt: skip
             print(f"{result['notebook']}: {result['seconds']:.0f} s (job{number}, {'alone' if alone else 'shared'})"
                   + (f"  ERROR {result['error']}" if result["error"] else ""), flush=True)  # fmt: skip
             with guard:
