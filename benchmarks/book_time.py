@@ -129,10 +129,11 @@ def time_in_parallel(paths: list[Path], jobs: int, timeout: float = 1800) -> lis
             started = time.perf_counter() - origin
             try:
                 result = time_notebook(path, timeout, env=env)
+                finished = time.perf_counter() - origin  # before the lock lets the next one in
             finally:
                 lock.release()
             result.update(worker=f"job{number}", cpu_threads=env.get("OMP_NUM_THREADS", "default"), alone=alone,
-                          interval=[started, time.perf_counter() - origin])  # fmt: skip
+                          interval=[started, finished])  # fmt: skip
             print(f"{result['notebook']}: {result['seconds']:.0f} s (job{number}, {'alone' if alone else 'shared'})"
                   + (f"  ERROR {result['error']}" if result["error"] else ""), flush=True)  # fmt: skip
             with guard:
