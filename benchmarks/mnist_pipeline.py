@@ -43,7 +43,6 @@ import os
 import platform
 import socket
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +53,7 @@ import torchvision.transforms as T
 
 import companion
 from companion.recipes import FAST, IMPROVED, PRECISIONS, build_model
+from companion.utils import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -200,15 +200,8 @@ def machine(device: torch.device) -> dict:
 
 def write_json(record: dict, path: Path) -> None:
     """Write ``record`` atomically: a temporary file in the same folder, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(record, out, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "w") as out:
+        json.dump(record, out, indent=2)
 
 
 def markdown(record: dict) -> str:

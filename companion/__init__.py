@@ -43,6 +43,7 @@ from . import (
     simclr,
     summary,
     train,
+    utils,
 )
 from .augment import RandomTranslate, random_translate
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -57,11 +58,12 @@ from .data import (
     validation_split,
 )
 from .device import Timer, autocast, get_device, seed_everything
-from .evaluation import confusion_matrix, eval_mode, evaluate, predict
+from .evaluation import confusion_matrix, evaluate, predict
 from .history import History, Metrics
 from .recipes import ARTICLE, FAST, IMPROVED, TrainConfig, run_recipe, train_model
 from .summary import count_parameters
 from .train import fit
+from .utils import eval_mode
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluation import eval_mode
+from .utils import eval_mode
 
 __all__ = [
     "MultiHeadAttention",

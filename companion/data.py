@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import torch
 import torchvision
 
 from .device import get_device
+from .utils import atomic_write
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -222,22 +222,16 @@ def _fetch(url: str, target: Path, sha256: str, timeout: float = 60.0) -> None:
     arrived and its SHA-256 equals ``sha256`` is it renamed to ``target``. An interrupted or
     wrong download leaves nothing under the final name (and no temporary file).
     """
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            with gzip.GzipFile(fileobj=response) as archive:
-                while chunk := archive.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
+    with atomic_write(target, suffix=".part") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with gzip.GzipFile(fileobj=response) as archive:
+            while chunk := archive.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
         if digest.hexdigest() != sha256:
             raise CorruptDataError(
                 f"{url} decompressed to content with SHA-256 {digest.hexdigest()}, expected {sha256} for {target.name}"
             )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _download(info: DatasetInfo, raw: Path, missing: list[str]) -> None:

@@ -1,16 +1,15 @@
 """Evaluation: metrics, predictions, confusion matrices and frozen features, in eval mode.
 
 Every function here runs the model in ``eval()`` mode under :func:`torch.inference_mode`, through
-:func:`eval_mode`, which puts the model's previous mode back afterwards — also when the model or
+:func:`companion.utils.eval_mode`, which puts the model's previous mode back afterwards — also when the model or
 the loader raises. Tensors that leave this module are on the CPU. Explained in the chapter
 "MNIST in practice" (:func:`calibration` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning".
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -19,12 +18,12 @@ from torch import nn
 
 from .distributed import all_reduce_sum, collective_device, is_distributed
 from .history import Metrics
+from .utils import eval_mode
 
 __all__ = [
     "Calibration",
     "calibration",
     "confusion_matrix",
-    "eval_mode",
     "evaluate",
     "expected_calibration_error",
     "extract_features",
@@ -33,26 +32,6 @@ __all__ = [
 ]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in ``eval()`` mode for the block and restore its previous mode after it.
-
-    Examples:
-        >>> model = nn.Dropout(0.5)
-        >>> with eval_mode(model):
-        ...     model.training
-        False
-        >>> model.training
-        True
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def evaluate(model: nn.Module, loader: Batches, device: torch.device | str) -> Metrics:

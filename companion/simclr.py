@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import cutout, random_affine
-from .evaluation import eval_mode
+from .utils import eval_mode
 from .history import History
 from .train import fit
 

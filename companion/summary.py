@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .evaluation import eval_mode
+from .utils import eval_mode
 
 __all__ = ["LayerInfo", "ReceptiveField", "count_parameters", "layer_table", "receptive_fields"]
 

@@ -8,6 +8,7 @@ with torchvision's layout ``<root>/MNIST/raw/<file>``.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 from pathlib import Path
 
@@ -261,8 +262,11 @@ def test_download_fetches_the_missing_files_and_checks_their_content(tmp_path, m
     split = load_dataset(name, train=False, root=tmp_path, download=True)
     raw = tmp_path / folder / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_SHA256[folder])  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
     for file in RAW_SHA256[folder]:
         assert (raw / file).read_bytes() == (data_dir / folder / "raw" / file).read_bytes()
+        assert (raw / file).stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others, not mkstemp's 0600
     assert sorted(mirrored.requests) == sorted(f"/{folder}/{file}.gz" for file in RAW_SHA256[folder])
     assert len(split) == 10_000
 

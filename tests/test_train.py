@@ -812,7 +812,7 @@ def test_train_model_equals_fit_with_the_same_settings(cpu, mnist_test):
 
 
 def test_eval_mode_restores_the_mode_also_on_an_error():
-    from companion.evaluation import eval_mode
+    from companion.utils import eval_mode
 
     model = nn.Dropout(0.5)
     with eval_mode(model):

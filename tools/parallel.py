@@ -15,8 +15,6 @@ by ``benchmarks/book_time.py --jobs 2``. Three pieces:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -25,6 +23,7 @@ TIMED_ALONE = frozenset({"mnist_in_practice", "modern_cnns", "pretrained_models"
 #: Set to "1" in the kernels and subprocesses of work that shares the CPU with other work
 #: (read by :func:`companion.device.timing_conditions`).
 from companion.device import SHARED_CPU_ENV as SHARED_ENV  # noqa: E402
+from companion.utils import atomic_write  # noqa: E402
 
 
 def timed_alone(path: str | Path) -> bool:
@@ -55,16 +54,12 @@ def read_durations(*paths: Path) -> dict[str, float]:
 
 
 def write_durations(path: Path, seconds: Mapping[str, float]) -> None:
-    """Merge ``seconds`` into the record at ``path``, atomically (temp file, then rename; mode 0644)."""
+    """Merge ``seconds`` into the record at ``path``, atomically (:func:`companion.utils.atomic_write`)."""
     path = Path(path)
     durations = read_durations(path)
     durations.update({key: round(value, 1) for key, value in seconds.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"seconds": dict(sorted(durations.items()))}, indent=1) + "\n"
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
+    with atomic_write(path, "w") as out:
+        out.write(json.dumps({"seconds": dict(sorted(durations.items()))}, indent=1) + "\n")
 
 
 class CpuLock:

@@ -1,0 +1,55 @@
+"""companion.utils: eval_mode and the one atomic write (permissions, failures, modes)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from torch import nn
+
+from companion.utils import atomic_write, eval_mode
+
+
+def _usual_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_atomic_write_replaces_the_file_whole_with_the_usual_permissions(tmp_path):
+    path = tmp_path / "new" / "record.json"  # the folder is created
+    with atomic_write(path, "w") as out:
+        out.write("first")
+        assert not path.exists()  # nothing under the name before the block ends
+    assert path.read_text() == "first" and path.stat().st_mode & 0o777 == _usual_mode()
+    with atomic_write(path) as out:
+        out.write(b"\x00second")
+    assert path.read_bytes() == b"\x00second"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["record.json"]  # no temporary file left
+
+
+def test_atomic_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_write(path, suffix=".part") as out:
+            out.write(b"half of the new")
+            raise OSError("disk full")
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
+    with pytest.raises(ValueError, match="mode must be 'wb' or 'w', got 'a'"):
+        with atomic_write(path, "a"):
+            pass
+    assert path.read_bytes() == b"old"
+
+
+def test_eval_mode_restores_the_previous_mode_also_on_an_error():
+    model = nn.Sequential(nn.Dropout(0.5))
+    with pytest.raises(RuntimeError):
+        with eval_mode(model):
+            assert not model.training and not model[0].training
+            raise RuntimeError("inside")
+    assert model.training and model[0].training
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training  # an eval model stays in eval
