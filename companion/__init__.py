@@ -6,16 +6,25 @@ Import it in the chapters and in your own code::
     device = companion.get_device()
     train = companion.load_mnist(train=True)
 
-Modules, one concern each and named like the book's ideas: :mod:`~companion.device`,
-:mod:`~companion.data`, :mod:`~companion.augment`, :mod:`~companion.concepts`, :mod:`~companion.cnn`,
-:mod:`~companion.modern_cnn`, :mod:`~companion.summary`, :mod:`~companion.rnn`, :mod:`~companion.attention`,
-:mod:`~companion.history`, :mod:`~companion.evaluation`, :mod:`~companion.checkpoint`,
-:mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
-:mod:`~companion.finetune`, :mod:`~companion.simclr`, :mod:`~companion.distributed`,
-:mod:`~companion.interpret`, :mod:`~companion.plots`, :mod:`~companion.notebook` (glue and tables
-that work outside the book's build) and :mod:`~companion.cli`. ``companion.run_recipe(config)``
-trains a :class:`~companion.recipes.TrainConfig` end to end; ``companion.train_model(model,
-split, config)`` trains a model of your own with one.
+Modules, one concern each and named like the book's ideas (every module of the package):
+
+- utilities: :mod:`~companion.device` (devices, seeds, mixed precision, timing), :mod:`~companion.utils`
+  (``eval_mode``, the one atomic write), :mod:`~companion.history`;
+- plumbing: :mod:`~companion.distributed`, :mod:`~companion.checkpoint`;
+- data: :mod:`~companion.data`, :mod:`~companion.augment`, :mod:`~companion.scenes`;
+- from-scratch building blocks: :mod:`~companion.concepts`, :mod:`~companion.cnn`,
+  :mod:`~companion.modern_cnn`, :mod:`~companion.rnn`, :mod:`~companion.attention`, :mod:`~companion.boxes`;
+- networks: :mod:`~companion.pretrained`, :mod:`~companion.detection`;
+- measuring: :mod:`~companion.evaluation`, :mod:`~companion.summary`, :mod:`~companion.detection_metrics`,
+  :mod:`~companion.interpret`;
+- training: :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
+  :mod:`~companion.finetune`, :mod:`~companion.simclr`;
+- showing: :mod:`~companion.plots`, :mod:`~companion.notebook` (glue and tables that work outside the
+  book's build);
+- entry points: :mod:`~companion.cli` (``python -m companion``).
+
+``companion.run_recipe(config)`` trains a :class:`~companion.recipes.TrainConfig` end to end;
+``companion.train_model(model, split, config)`` trains a model of your own with one.
 """
 
 from . import (

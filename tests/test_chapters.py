@@ -101,7 +101,7 @@ def test_first_cell_template_reads_the_chapters_extras():
     assert first_cell.extras_for("from companion.interpret import grad_cam") == ["interpret"]
     assert first_cell.extras_for("import companion\ncompanion.fit(...)") == []
     cell = first_cell.first_cell(["interpret"], url="https://example.org/repo")
-    assert '("companion", "captum")' in cell and 'f"companion[interpret] @ git+{REPOSITORY}"' in cell
+    assert '("companion", "captum")' in cell and 'f"dl-cv-executable[interpret] @ git+{REPOSITORY}"' in cell
     ast.parse(cell)
 
 
@@ -109,9 +109,9 @@ def test_first_cell_writer_reads_extras_from_code_not_prose(tmp_path):
     source = tmp_path / "chapter.md"
     prose = "A test checks it equals torchmetrics' value.\n\n"
     source.write_text(prose + "```{code-cell}\nimport companion\n```\n")
-    assert "companion[" not in first_cell.expected_text(source)  # prose names a library: no extra
+    assert "dl-cv-executable[" not in first_cell.expected_text(source)  # prose names a library: no extra
     source.write_text(prose + "```{code-cell}\nfrom companion.interpret import grad_cam\n```\n")
-    assert "companion[interpret]" in first_cell.expected_text(source)
+    assert "dl-cv-executable[interpret]" in first_cell.expected_text(source)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -158,7 +158,7 @@ def test_reader_environment(reader):
     listed = _run([python, "-m", "pip", "list", "--format=json"], env)
     installed = {p["name"].lower() for p in json.loads(listed.stdout)}
     extras = {dist for _, installs in first_cell.EXTRAS.values() for dist in installs.values()}
-    assert {"companion", "matplotlib", "tqdm", *extras} <= installed
+    assert {"dl-cv-executable", "matplotlib", "tqdm", *extras} <= installed
     assert not installed & {"jupyter-book", "myst-nb", "sphinx", "nbval", "pytest", "jupytext",
                             "efficientnet-lite-pytorch"}  # the last: the tests' oracle only  # fmt: skip
     # Where the package is installed, the same cell does nothing (no pip run: it would fail here).

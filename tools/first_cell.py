@@ -20,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
+#: The package's distribution name (pyproject.toml); its import name is ``companion``.
+DISTRIBUTION = "dl-cv-executable"
 
 #: Optional parts of the package: extra name -> (module a chapter imports, {module the extra installs:
 #: its distribution name on PyPI}).
@@ -38,7 +40,7 @@ import importlib.util, subprocess, sys
 
 REPOSITORY = "{url}"
 if any(importlib.util.find_spec(name) is None for name in {modules}):
-    spec = f"companion{extras} @ git+{{REPOSITORY}}"
+    spec = f"{distribution}{extras} @ git+{{REPOSITORY}}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
     importlib.invalidate_caches()'''
 
@@ -64,6 +66,7 @@ def first_cell(extras: list[str], url: str | None = None) -> str:
     modules = ("companion", *(module for name in extras for module in EXTRAS[name][1]))
     cell = TEMPLATE.format(
         url=url or repository_url(),
+        distribution=DISTRIBUTION,
         extras=f"[{','.join(extras)}]" if extras else "",
         extras_note=" (and the chapter's extras)" if extras else "",
         modules="(" + ", ".join(f'"{name}"' for name in modules) + ("," if len(modules) == 1 else "") + ")",
