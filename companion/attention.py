@@ -133,7 +133,9 @@ def scaled_dot_product_attention(
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    *,
+    need_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Scaled dot-product attention (Vaswani et al., 2017), equal to ``F.scaled_dot_product_attention``.
 
     .. math:: \operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\Big(\frac{Q K^\top}{\sqrt{d_k}} + \text{mask}\Big) V
@@ -147,9 +149,12 @@ def scaled_dot_product_attention(
         is_causal: query m may attend only to keys n <= m (needs M == N); not combinable with ``attn_mask``.
         scale: multiplies the scores instead of 1/√d_k, as PyTorch's ``scale``.
         enable_gqa: only ``False`` is implemented (no grouped-query attention).
+        need_weights: also return the attention weights (keyword only; PyTorch's function has no
+            such argument and never returns them).
 
     Returns:
-        ``(output, weights)``: (..., M, d_v) and (..., M, N). A query with no allowed key gets zero
+        The output (..., M, d_v), as PyTorch's function returns it; with ``need_weights=True``,
+        ``(output, weights)`` with weights (..., M, N). A query with no allowed key gets zero
         weights and a zero output (PyTorch's function returns NaN there on some backends).
 
     Raises:
@@ -193,7 +198,8 @@ def scaled_dot_product_attention(
         weights = scores.softmax(dim=-1)  # (..., M, N)
     else:
         weights = _masked_softmax(scores, allowed)  # (..., M, N)
-    return weights @ value, weights  # (..., M, d_v)
+    output = weights @ value  # (..., M, d_v)
+    return (output, weights) if need_weights else output
 
 
 class MultiHeadAttention(nn.Module):
@@ -209,8 +215,11 @@ class MultiHeadAttention(nn.Module):
     Args:
         embed_dim: D, the size of queries, keys, values and output.
         num_heads: nh; must divide ``embed_dim``.
-        bias: add biases to the projections.
-        batch_first: inputs and output are (B, M, D) instead of (M, B, D).
+        bias: add biases to the projections (keyword only: PyTorch's third positional argument is
+            ``dropout``, which this class does not implement).
+        batch_first: required, keyword only: inputs and output are (B, M, D) if ``True``, (M, B, D)
+            if ``False``. ``nn.MultiheadAttention`` defaults to ``False``; no default here, so that a
+            (B, M, D) input can never be read as (M, B, D) by a forgotten argument.
 
     Shape:
         - query (B, M, D), key and value (B, N, D) with ``batch_first`` (else sequence first).
@@ -225,7 +234,7 @@ class MultiHeadAttention(nn.Module):
         TypeError: a mask that is neither boolean nor floating point.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, batch_first: bool = True) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, *, bias: bool = True, batch_first: bool) -> None:
         super().__init__()
         if embed_dim < 1 or num_heads < 1 or embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})")
@@ -294,7 +303,7 @@ class MultiHeadAttention(nn.Module):
         k = self._split_heads(F.linear(key, w_k, b_k))  # K W^K: (B, nh, N, hd)
         v = self._split_heads(F.linear(value, w_v, b_v))  # V W^V: (B, nh, N, hd)
         scores_mask = self._combined_mask(key_padding_mask, attn_mask, B, M, N, query.dtype)
-        heads, weights = scaled_dot_product_attention(q, k, v, attn_mask=scores_mask)  # (B, nh, M, hd)
+        heads, weights = scaled_dot_product_attention(q, k, v, attn_mask=scores_mask, need_weights=True)  # (B, nh, M, hd)
         out = self.out_proj(heads.transpose(1, 2).reshape(B, M, D))  # concat heads, then W^O: (B, M, D)
         if not self.batch_first:
             out = out.transpose(0, 1)

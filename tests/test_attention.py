@@ -61,7 +61,7 @@ def test_sdpa_equals_pytorch(mask_kind, precision):
             "batched bool": bool_mask(5, 6).expand(2, 1, 5, 6)}[mask_kind]  # fmt: skip
     if mask is not None:
         mask = mask.to(precision.device, precision.dtype if mask.is_floating_point() else torch.bool)
-    assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask)[0],
+    assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask),
                 lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v,
                 precision=precision)  # fmt: skip
 
@@ -69,7 +69,7 @@ def test_sdpa_equals_pytorch(mask_kind, precision):
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_sdpa_scale_equals_pytorch(scale):
     q, k, v = rand(2, 5, 4), rand(2, 6, 4, seed=1), rand(2, 6, 3, seed=2)
-    assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, scale=scale)[0],
+    assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, scale=scale),
                 lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=scale), q, k, v)  # fmt: skip
 
 
@@ -82,7 +82,7 @@ def test_sdpa_refuses_dropout_and_grouped_queries(kwargs):
 
 def test_sdpa_weights_are_the_softmax_of_scaled_scores_by_hand():
     q, k, v = rand(1, 2, 3), rand(1, 4, 3, seed=1), rand(1, 4, 2, seed=2)
-    out, weights = scaled_dot_product_attention(q, k, v)
+    out, weights = scaled_dot_product_attention(q, k, v, need_weights=True)
     expected = torch.softmax(q @ k.transpose(1, 2) / 3**0.5, dim=-1)
     torch.testing.assert_close(weights, expected)
     torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, dtype=D))
@@ -91,12 +91,12 @@ def test_sdpa_weights_are_the_softmax_of_scaled_scores_by_hand():
 
 def test_sdpa_causal_equals_pytorch_and_ignores_later_tokens():
     x = rand(2, 6, 4)
-    assert_same(lambda x: scaled_dot_product_attention(x, x, x, is_causal=True)[0],
+    assert_same(lambda x: scaled_dot_product_attention(x, x, x, is_causal=True),
                 lambda x: F.scaled_dot_product_attention(x, x, x, is_causal=True), x)  # fmt: skip
     changed = x.clone()
     changed[:, 4:] = rand(2, 2, 4, seed=9)  # change tokens 4 and 5
-    before = scaled_dot_product_attention(x, x, x, is_causal=True)[0]
-    after = scaled_dot_product_attention(changed, changed, changed, is_causal=True)[0]
+    before = scaled_dot_product_attention(x, x, x, is_causal=True)
+    after = scaled_dot_product_attention(changed, changed, changed, is_causal=True)
     torch.testing.assert_close(before[:, :4], after[:, :4])  # outputs 0..3 do not see tokens 4, 5
     assert not torch.allclose(before[:, 4:], after[:, 4:])
 
@@ -106,7 +106,7 @@ def test_fully_masked_rows_give_zero_weights_and_outputs_without_nan(mask):
     mask = mask.clone()
     mask[0] = True if mask.dtype == torch.bool else 0.0  # row 0 may attend everywhere, rows 1-2 nowhere
     q, k, v = rand(3, 2).requires_grad_(), rand(4, 2, seed=1).requires_grad_(), rand(4, 5, seed=2).requires_grad_()
-    out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, need_weights=True)
     assert torch.equal(weights[1:], torch.zeros(2, 4, dtype=D)) and torch.equal(out[1:], torch.zeros(2, 5, dtype=D))
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
@@ -196,8 +196,8 @@ def test_multi_head_attention_equals_pytorch(batch_first, masks):
 
 def test_multi_head_attention_errors():
     with pytest.raises(ValueError, match=r"embed_dim \(10\) must be a positive multiple of num_heads \(3\)"):
-        MultiHeadAttention(10, 3)
-    mha = MultiHeadAttention(8, 2)
+        MultiHeadAttention(10, 3, batch_first=True)
+    mha = MultiHeadAttention(8, 2, batch_first=True)
     x = rand(2, 5, 8).float()
     with pytest.raises(ValueError, match=r"expected query of shape \(B, T, D\) with D=8, got \(2, 5, 6\)"):
         mha(x[..., :6], x, x)
@@ -210,7 +210,7 @@ def test_multi_head_attention_errors():
 
 
 def test_need_weights_false_returns_none():
-    out, weights = MultiHeadAttention(8, 2)(torch.randn(1, 3, 8), torch.randn(1, 3, 8), torch.randn(1, 3, 8), need_weights=False)
+    out, weights = MultiHeadAttention(8, 2, batch_first=True)(torch.randn(1, 3, 8), torch.randn(1, 3, 8), torch.randn(1, 3, 8), need_weights=False)
     assert weights is None and out.shape == (1, 3, 8)
 
 
@@ -294,7 +294,7 @@ def test_vit_and_attention_on_cuda_match_cpu():
     torch.testing.assert_close(vit.cuda()(x.cuda()).cpu(), expected, rtol=1e-3, atol=1e-4)
     q = torch.randn(2, 4, 8, device="cuda")
     mask = torch.zeros(4, 4, dtype=torch.bool, device="cuda")
-    out, weights = scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    out, weights = scaled_dot_product_attention(q, q, q, attn_mask=mask, need_weights=True)
     assert out.device.type == "cuda" and torch.equal(weights, torch.zeros_like(weights))
 
 
@@ -318,7 +318,7 @@ def test_integer_masks_are_refused_not_added(dtype):
     mask = torch.zeros(3, 3, dtype=dtype)
     with pytest.raises(TypeError, match=r"attn_mask must be boolean or floating point.*\.bool\(\)"):
         scaled_dot_product_attention(q, q, q, attn_mask=mask)
-    mha = MultiHeadAttention(8, 2)
+    mha = MultiHeadAttention(8, 2, batch_first=True)
     with pytest.raises(TypeError, match="boolean or floating point"):
         mha(q, q, q, attn_mask=mask)
     with pytest.raises(TypeError, match="boolean or floating point"):
@@ -355,3 +355,23 @@ def test_transformer_block_from_torch_refuses_other_layers(kwargs, named):
     settings = dict(dropout=0.0, activation="gelu", batch_first=True, norm_first=True) | kwargs
     with pytest.raises(ValueError, match=re.escape(named)):
         TransformerBlock.from_torch(nn.TransformerEncoderLayer(16, 4, 32, **settings))
+
+
+def test_scaled_dot_product_attention_returns_what_pytorch_returns_and_weights_on_request():
+    q, k, v = rand(2, 3, 4), rand(2, 5, 4, seed=1), rand(2, 5, 6, seed=2)
+    out = scaled_dot_product_attention(q, k, v)
+    assert isinstance(out, torch.Tensor)  # like F.scaled_dot_product_attention: the output alone
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    same, weights = scaled_dot_product_attention(q, k, v, need_weights=True)
+    torch.testing.assert_close(same, out)
+    torch.testing.assert_close(weights, (q @ k.transpose(-2, -1) / 2).softmax(-1))  # 1/sqrt(d_k) = 1/2
+    with pytest.raises(TypeError):
+        scaled_dot_product_attention(q, k, v, None, 0.0, False, None, False, True)  # need_weights is keyword only
+
+
+def test_multi_head_attention_needs_batch_first_said_and_bias_by_keyword():
+    with pytest.raises(TypeError, match="batch_first"):
+        MultiHeadAttention(8, 2)  # no default: nn.MultiheadAttention's is False, the book's layout is (B, T, D)
+    with pytest.raises(TypeError):
+        MultiHeadAttention(8, 2, False, batch_first=True)  # PyTorch's third positional is dropout, not bias
+    assert MultiHeadAttention(8, 2, bias=False, batch_first=False).in_proj.bias is None
