@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,3 +134,22 @@ def test_decoding_drops_non_peaks_and_clips_to_the_input():
     assert len(detections["boxes"]) >= 1 and (detections["scores"] > 0).all()
     assert detections["boxes"].min() >= 0 and detections["boxes"].max() <= 16
     assert detections["labels"][0] == 1
+
+
+def test_centernet_loss_equals_a_hand_calculation():
+    # One image, one class, a 1 x 2 heat map: a centre (Y = 1) predicted 0.8, a neighbour (Y = 0.5) predicted 0.3.
+    p = torch.tensor([[[[0.8, 0.3]]]], dtype=torch.float64)
+    outputs = {"heatmap": torch.log(p / (1 - p)),  # logits whose sigmoid is p
+               "size": torch.tensor([[[[10.0, 99.0]], [[6.0, 99.0]]]], dtype=torch.float64),  # (1, 2, 1, 2)
+               "offset": torch.tensor([[[[0.2, 9.0]], [[0.7, 9.0]]]], dtype=torch.float64)}  # fmt: skip
+    targets = {"heatmap": torch.tensor([[[[1.0, 0.5]]]], dtype=torch.float64),
+               "size": torch.tensor([[[[12.0, 0.0]], [[5.0, 0.0]]]], dtype=torch.float64),
+               "offset": torch.tensor([[[[0.5, 0.0]], [[0.5, 0.0]]]], dtype=torch.float64),
+               "mask": torch.tensor([[[True, False]]])}  # fmt: skip
+    # focal, N = 1: -[(1 - 0.8)^2 log 0.8 + (1 - 0.5)^4 0.3^2 log(1 - 0.3)]
+    focal = -(0.2**2 * math.log(0.8) + 0.5**4 * 0.3**2 * math.log(0.7))
+    size = abs(10 - 12) + abs(6 - 5)  # only the centre cell counts (mask): 3 pixels
+    offset = abs(0.2 - 0.5) + abs(0.7 - 0.5)  # 0.5 cells
+    expected = focal + 0.1 * size + 1.0 * offset  # the default weights: 0.8109...
+    assert centernet_loss(outputs, targets).item() == pytest.approx(expected, rel=1e-12)
+    assert centernet_loss(outputs, targets, size_weight=0.0, offset_weight=0.0).item() == pytest.approx(focal, rel=1e-12)
