@@ -375,3 +375,38 @@ def test_multi_head_attention_needs_batch_first_said_and_bias_by_keyword():
     with pytest.raises(TypeError):
         MultiHeadAttention(8, 2, False, batch_first=True)  # PyTorch's third positional is dropout, not bias
     assert MultiHeadAttention(8, 2, bias=False, batch_first=False).in_proj.bias is None
+
+
+def test_vision_transformer_equals_torchvisions_with_copied_weights():
+    """The oracle for the whole ViT: torchvision's VisionTransformer (pre-norm, class token, GELU MLP)."""
+    from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+    from companion.attention import VisionTransformer
+
+    torch.manual_seed(0)
+    theirs = TorchvisionViT(image_size=28, patch_size=7, num_layers=2, num_heads=4, hidden_dim=16, mlp_dim=32,
+                            num_classes=10).double().eval()  # fmt: skip
+    ours = VisionTransformer(image_size=28, patch_size=7, in_channels=3, num_classes=10, embed_dim=16, depth=2,
+                             num_heads=4, mlp_ratio=2.0).double().eval()  # fmt: skip
+    with torch.no_grad():
+        for p in theirs.parameters():  # torchvision zero-initialises the head and the class token
+            p.normal_(0, 0.2)
+        ours.patch_embed.proj.load_state_dict(theirs.conv_proj.state_dict())
+        ours.cls_token.copy_(theirs.class_token)
+        ours.pos_embed.copy_(theirs.encoder.pos_embedding)
+        for block, layer in zip(ours.blocks, theirs.encoder.layers, strict=True):
+            block.norm1.load_state_dict(layer.ln_1.state_dict())
+            block.norm2.load_state_dict(layer.ln_2.state_dict())
+            block.norm1.eps, block.norm2.eps = layer.ln_1.eps, layer.ln_2.eps  # torchvision: 1e-6
+            block.attn = MultiHeadAttention.from_torch(layer.self_attention)
+            block.mlp[0].load_state_dict(layer.mlp[0].state_dict())
+            block.mlp[2].load_state_dict(layer.mlp[3].state_dict())
+        ours.norm.load_state_dict(theirs.encoder.ln.state_dict())
+        ours.norm.eps = theirs.encoder.ln.eps
+        ours.head.load_state_dict(theirs.heads.head.state_dict())
+    x = torch.randn(3, 3, 28, 28, dtype=torch.float64)
+    assert_same(ours, theirs, x)  # values and input gradients, float64
+    ours(x).square().sum().backward()
+    theirs(x).square().sum().backward()
+    torch.testing.assert_close(ours.pos_embed.grad, theirs.encoder.pos_embedding.grad)
+    torch.testing.assert_close(ours.blocks[0].attn.in_proj.weight.grad, theirs.encoder.layers[0].self_attention.in_proj_weight.grad)
