@@ -13,8 +13,8 @@ Modules, one concern each and named like the book's ideas (every module of the p
 - plumbing: :mod:`~companion.distributed`, :mod:`~companion.checkpoint`;
 - data: :mod:`~companion.data`, :mod:`~companion.augment`, :mod:`~companion.scenes`;
 - from-scratch building blocks: :mod:`~companion.concepts`, :mod:`~companion.cnn`,
-  :mod:`~companion.modern_cnn`, :mod:`~companion.rnn`, :mod:`~companion.attention`, :mod:`~companion.boxes`;
-- networks: :mod:`~companion.pretrained`, :mod:`~companion.detection`;
+  :mod:`~companion.norm`, :mod:`~companion.blocks`, :mod:`~companion.rnn`, :mod:`~companion.attention`, :mod:`~companion.boxes`;
+- networks: :mod:`~companion.modern_cnn`, :mod:`~companion.pretrained`, :mod:`~companion.detection`;
 - measuring: :mod:`~companion.evaluation`, :mod:`~companion.summary`, :mod:`~companion.detection_metrics`,
   :mod:`~companion.interpret`;
 - training: :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
@@ -30,6 +30,7 @@ Modules, one concern each and named like the book's ideas (every module of the p
 from . import (
     attention,
     augment,
+    blocks,
     boxes,
     checkpoint,
     cnn,
@@ -43,6 +44,7 @@ from . import (
     finetune,
     history,
     modern_cnn,
+    norm,
     notebook,
     plots,
     pretrained,
@@ -89,6 +91,7 @@ __all__ = [
     # submodules, one per concern
     "attention",
     "augment",
+    "blocks",
     "boxes",
     "checkpoint",
     "cnn",
@@ -103,6 +106,7 @@ __all__ = [
     "history",
     "interpret",
     "modern_cnn",
+    "norm",
     "notebook",
     "plots",
     "pretrained",
@@ -112,6 +116,7 @@ __all__ = [
     "simclr",
     "summary",
     "train",
+    "utils",
     # the most used names
     "ARTICLE",
     "FAST",

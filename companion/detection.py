@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .boxes import batched_nms
-from .modern_cnn import ResidualBlock
+from .blocks import ResidualBlock
 
 __all__ = ["CenterNet", "UNet", "centernet_loss", "centernet_targets", "decode_centernet", "gaussian_radius"]
 

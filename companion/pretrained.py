@@ -1,7 +1,7 @@
 """Pretrained models in practice: EfficientNet-Lite0 from the package's MBConv blocks, with ImageNet weights.
 
 Reading order: the architecture table of EfficientNet-Lite0 (Tan & Le, 2019; the Lite variants of
-the TensorFlow reference), the network built from :class:`~companion.modern_cnn.InvertedResidual`
+the TensorFlow reference), the network built from :class:`~companion.blocks.InvertedResidual`
 blocks, the explicit key mapping from the weights' names to the package's, loading them, the
 preprocessing the weights expect, and the ImageNet class names.
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modern_cnn import InvertedResidual, tf_same_padding
+from .blocks import InvertedResidual, tf_same_padding
 
 __all__ = [
     "LITE0_STAGES",
@@ -115,7 +115,7 @@ class EfficientNetLite0(nn.Module):
     (LITE0_STAGES) → head conv 1×1 (1280 channels) → BN → ReLU6 → global average pool →
     dropout → linear``. Lite differs from EfficientNet-B0 in ReLU6 instead of SiLU, no
     squeeze-and-excitation, and a stem and head that are not scaled. Convolutions pad like
-    TensorFlow's ``"SAME"`` (:func:`~companion.modern_cnn.tf_same_padding`), computed from the
+    TensorFlow's ``"SAME"`` (:func:`~companion.blocks.tf_same_padding`), computed from the
     actual input size, so any input size works; batch norm has ``eps=1e-3``.
 
     Args:

