@@ -19,7 +19,7 @@ Modules, one concern each and named like the book's ideas (every module of the p
   :mod:`~companion.interpret`;
 - training: :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
   :mod:`~companion.finetune`, :mod:`~companion.simclr`;
-- showing: :mod:`~companion.plots`, :mod:`~companion.notebook` (glue and tables that work outside the
+- showing: :mod:`~companion.plots`, :mod:`~companion.diagrams`, :mod:`~companion.notebook` (glue and tables that work outside the
   book's build);
 - entry points: :mod:`~companion.cli` (``python -m companion``).
 
@@ -39,6 +39,7 @@ from . import (
     detection,
     detection_metrics,
     device,
+    diagrams,
     distributed,
     evaluation,
     finetune,
@@ -100,6 +101,7 @@ __all__ = [
     "detection",
     "detection_metrics",
     "device",
+    "diagrams",
     "distributed",
     "evaluation",
     "finetune",

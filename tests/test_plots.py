@@ -12,20 +12,18 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Rectangle
 from torch import nn
 
-from companion.plots import (
+from companion.diagrams import (
     attention_diagram,
     conv_channels_diagram,
     ddp_diagram,
     lstm_cell_diagram,
-    plot_confusion_matrix,
-    plot_history,
     receptive_field_diagram,
     receptive_field_sizes,
     rnn_unrolled_diagram,
-    show_images,
     transformer_block_diagram,
 )
 from companion.history import History
+from companion.plots import plot_confusion_matrix, plot_history, show_images
 from companion.summary import receptive_fields
 
 
