@@ -11,10 +11,11 @@ Modules, one concern each and named like the book's ideas (every module of the p
 - utilities: :mod:`~companion.device` (devices, seeds, mixed precision, timing), :mod:`~companion.utils`
   (``eval_mode``, the one atomic write), :mod:`~companion.history`;
 - plumbing: :mod:`~companion.distributed`, :mod:`~companion.checkpoint`;
-- data: :mod:`~companion.data`, :mod:`~companion.augment`, :mod:`~companion.scenes`;
+- data: :mod:`~companion.data`, :mod:`~companion.augment`, :mod:`~companion.boxes` (box geometry), :mod:`~companion.scenes`;
 - from-scratch building blocks: :mod:`~companion.concepts`, :mod:`~companion.cnn`,
-  :mod:`~companion.norm`, :mod:`~companion.blocks`, :mod:`~companion.rnn`, :mod:`~companion.attention`, :mod:`~companion.boxes`;
-- networks: :mod:`~companion.modern_cnn`, :mod:`~companion.pretrained`, :mod:`~companion.detection`;
+  :mod:`~companion.norm`, :mod:`~companion.blocks`, :mod:`~companion.rnn`, :mod:`~companion.attention`;
+- networks: :mod:`~companion.modern_cnn`, :mod:`~companion.pretrained`, :mod:`~companion.detection`,
+  :mod:`~companion.segmentation`;
 - measuring: :mod:`~companion.evaluation`, :mod:`~companion.summary`, :mod:`~companion.detection_metrics`,
   :mod:`~companion.interpret`;
 - training: :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
@@ -52,6 +53,7 @@ from . import (
     recipes,
     rnn,
     scenes,
+    segmentation,
     simclr,
     summary,
     train,
@@ -115,6 +117,7 @@ __all__ = [
     "recipes",
     "rnn",
     "scenes",
+    "segmentation",
     "simclr",
     "summary",
     "train",

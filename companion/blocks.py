@@ -26,12 +26,23 @@ __all__ = [
     "MBConv",
     "NormLayer",
     "ResidualBlock",
+    "conv_bn_relu",
     "depthwise_conv2d",
     "tf_same_padding",
 ]
 
 #: Builds a normalisation layer from a channel count (``nn.BatchNorm2d``, ``nn.Identity``'s wrapper, ...).
 NormLayer = Callable[[int], nn.Module]
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """``conv 3×3 (stride, padding 1, no bias) → nn.BatchNorm2d → ReLU``, the unit of most CNN stems.
+
+    Shape:
+        (B, C_in, H, W) → (B, C_out, ⌈H / stride⌉, ⌈W / stride⌉).
+    """
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels),
+                         nn.ReLU())  # fmt: skip
 
 
 class ResidualBlock(nn.Module):

@@ -1,10 +1,10 @@
-"""A small anchor-free detector (CenterNet, Zhou et al., 2019) and a small U-Net (Ronneberger et al., 2015).
+"""A small anchor-free detector: CenterNet (Zhou et al., 2019), objects as points.
 
 Reading order: the detector's network (a stride-4 backbone of residual blocks, one head per
 output), its training targets (a Gaussian peak per object centre, the box size and the
 sub-pixel offset at the centre), its loss (penalty-reduced focal loss + L1), its decoding
-(peaks of the heat map, then per-class NMS); then the U-Net for semantic segmentation.
-Chapter "Detection and segmentation" trains both on :mod:`companion.scenes`.
+(peaks of the heat map, then per-class NMS). Chapter "Detection and segmentation" trains it on
+:mod:`companion.scenes`; the U-Net it trains for segmentation is in :mod:`companion.segmentation`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .boxes import batched_nms
-from .blocks import ResidualBlock
+from .blocks import ResidualBlock, conv_bn_relu
 
-__all__ = ["CenterNet", "UNet", "centernet_loss", "centernet_targets", "decode_centernet", "gaussian_radius"]
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU())  # fmt: skip
+__all__ = ["CenterNet", "centernet_loss", "centernet_targets", "decode_centernet", "gaussian_radius"]
 
 
 class CenterNet(nn.Module):
@@ -60,8 +55,8 @@ class CenterNet(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.backbone = nn.Sequential(
-            _conv_bn_relu(in_channels, width // 2, stride=2),  # (B, w/2, H/2, W/2)
-            _conv_bn_relu(width // 2, width, stride=2),  # (B, w, H/4, W/4)
+            conv_bn_relu(in_channels, width // 2, stride=2),  # (B, w/2, H/2, W/2)
+            conv_bn_relu(width // 2, width, stride=2),  # (B, w, H/4, W/4)
             *[ResidualBlock(width, width) for _ in range(blocks)],
         )
         self.heads = nn.ModuleDict({
@@ -217,57 +212,3 @@ def decode_centernet(outputs: dict[str, torch.Tensor], max_detections: int = 100
             keep = keep[batched_nms(boxes[b, keep], scores[b, keep], labels[b, keep], nms_threshold)]
         results.append({"boxes": boxes[b, keep].cpu(), "scores": scores[b, keep].cpu(), "labels": labels[b, keep].cpu()})
     return results
-
-
-class UNet(nn.Module):
-    """A small U-Net (Ronneberger et al., 2015): an encoder, a decoder, and skip connections between them.
-
-    ``[conv 3×3 → BN → ReLU] × 2`` at each of ``depth + 1`` resolutions going down (max pooling 2,
-    channels doubling) and ``depth`` coming back up (transposed convolution 2, then the
-    encoder's feature map of the same resolution concatenated), then a 1 × 1 convolution to one
-    logit per class and pixel. The pooled path sees the whole digit (which class), the skip
-    connections bring back the detail that pooling lost (which pixels).
-
-    Args:
-        num_classes: classes per pixel (background included).
-        width: channels at full resolution.
-        depth: number of poolings, >= 1.
-        in_channels: input channels.
-
-    Shape:
-        - Input: (B, in_channels, H, W), H and W divisible by ``2**depth``.
-        - Output: (B, num_classes, H, W) logits.
-
-    Raises:
-        ValueError: H or W not divisible by ``2**depth``, or depth < 1.
-    """
-
-    def __init__(self, num_classes: int = 11, width: int = 8, depth: int = 3, in_channels: int = 1) -> None:
-        super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-
-        def double(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(_conv_bn_relu(c_in, c_out), _conv_bn_relu(c_out, c_out))
-
-        channels = [width * 2**level for level in range(depth + 1)]  # w, 2w, 4w, ...
-        self.down = nn.ModuleList([double(in_channels, channels[0])] +
-                                  [double(channels[i], channels[i + 1]) for i in range(depth)])  # fmt: skip
-        self.up = nn.ModuleList([nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in range(depth)])
-        self.merge = nn.ModuleList([double(2 * channels[i], channels[i]) for i in range(depth)])
-        self.classifier = nn.Conv2d(width, num_classes, 1)
-        self.depth = depth
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        step = 2**self.depth
-        if x.ndim != 4 or x.shape[-1] % step or x.shape[-2] % step:
-            raise ValueError(f"UNet(depth={self.depth}) expects (B, C, H, W) with H and W divisible by {step}, "
-                             f"got {tuple(x.shape)}")  # fmt: skip
-        skips = []
-        for level, block in enumerate(self.down):
-            x = block(x if level == 0 else F.max_pool2d(x, 2))  # (B, w·2^level, H/2^level, W/2^level)
-            skips.append(x)
-        x = skips.pop()  # the bottom
-        for level in reversed(range(self.depth)):
-            x = self.merge[level](torch.cat([self.up[level](x), skips.pop()], 1))  # skip connection
-        return self.classifier(x)  # (B, K, H, W)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .boxes import box_iou
+from .evaluation import confusion_matrix
 
 __all__ = ["COCO_IOU_THRESHOLDS", "DetectionMetrics", "average_precision", "mean_average_precision", "mean_iou"]
 
@@ -214,11 +215,7 @@ def mean_iou(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int)
     """
     if predictions.shape != targets.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape")
-    for name, x in (("predictions", predictions), ("targets", targets)):
-        if x.numel() and (x.min() < 0 or x.max() >= num_classes):
-            raise ValueError(f"{name} must hold classes in [0, {num_classes}), got {x.min().item()}..{x.max().item()}")
-    pairs = (targets.flatten() * num_classes + predictions.flatten()).long()
-    confusion = torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes).double()  # (true, pred)
+    confusion = confusion_matrix(predictions.flatten(), targets.flatten(), num_classes).double()  # (true, pred)
     tp = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - tp  # TP + FP + FN
     iou = torch.where(union > 0, tp / union.clamp(min=1), 0.0)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .boxes import box_iou
 from .data import ImageSplit
 
 __all__ = ["Scenes", "make_scenes"]
@@ -52,14 +53,6 @@ class Scenes:
         return [{"boxes": b, "labels": l} for b, l in zip(self.boxes, self.labels)]
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes a (..., 4) and b (..., 4), broadcast."""
-    wh = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
-
-
 def _place(count: torch.Tensor, sizes: torch.Tensor, canvas_size: int, max_iou: float, generator: torch.Generator,
            tries: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Top-left corners (N, K, 2) and an active mask (N, K): slot j is redrawn until its patch
@@ -78,7 +71,8 @@ def _place(count: torch.Tensor, sizes: torch.Tensor, canvas_size: int, max_iou: 
                 break
             box = torch.cat([corners[:, j], corners[:, j] + sizes[:, j, None]], 1)  # (N, 4)
             earlier = torch.cat([corners[:, :j], corners[:, :j] + sizes[:, :j, None]], 2)  # (N, j, 4)
-            clash = (_iou(box[:, None], earlier) > max_iou) & active[:, :j]
+            iou = torch.vmap(box_iou)(box[:, None], earlier)[:, 0]  # per scene, new box vs earlier: (N, j)
+            clash = (iou > max_iou) & active[:, :j]
             placed |= ~clash.any(1)
             if placed.all():
                 break

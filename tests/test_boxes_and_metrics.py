@@ -221,5 +221,5 @@ def test_mean_iou_equals_torchmetrics_jaccard_index():
     assert mean_iou(targets, targets, 5)[0] == 1.0
     with pytest.raises(ValueError, match="differ in shape"):
         mean_iou(targets, targets[0], 5)
-    with pytest.raises(ValueError, match=r"classes in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
         mean_iou(targets, targets, 3)

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from companion.data import ImageSplit
-from companion.detection import CenterNet, UNet, centernet_loss, centernet_targets, decode_centernet, gaussian_radius
+from companion.detection import CenterNet, centernet_loss, centernet_targets, decode_centernet, gaussian_radius
 from companion.scenes import make_scenes
+from companion.segmentation import UNet
 
 
 def toy_split(train=True, n=20):
