@@ -109,8 +109,8 @@ class Precision:
         values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         return values.to(self.device, self.dtype)
 
-    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor) -> None:
-        torch.testing.assert_close(actual, expected, rtol=self.rtol, atol=self.atol)
+    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, **kwargs) -> None:
+        torch.testing.assert_close(actual, expected, rtol=self.rtol, atol=self.atol, **kwargs)
 
 
 _TOLERANCES = {("cpu", torch.float64): (1e-7, 1e-10), ("cpu", torch.float32): (1e-4, 1e-5),

@@ -18,6 +18,7 @@ from companion.attention import (
     attention_rollout,
     scaled_dot_product_attention,
 )
+from companion.utils import assert_same_values_and_grads
 
 D = torch.float64
 
@@ -26,23 +27,12 @@ def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
 
 
-def grads(fn, *inputs):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    probe = rand(*out.shape, seed=42).to(out.device, out.dtype)
-    return out, torch.autograd.grad((out * probe).sum(), leaves)
-
-
 def assert_same(ours, theirs, *inputs, precision=None):
     """Equal values and gradients; on ``precision``'s device and dtype, with its tolerances, if given."""
-    if precision is not None:
-        inputs = [t.to(precision.device, precision.dtype) for t in inputs]
-    check = precision.assert_close if precision is not None else torch.testing.assert_close
-    out_a, grads_a = grads(ours, *inputs)
-    out_b, grads_b = grads(theirs, *inputs)
-    check(out_a, out_b)
-    for a, b in zip(grads_a, grads_b, strict=True):
-        check(a, b)
+    if precision is None:
+        return assert_same_values_and_grads(ours, theirs, *inputs, seed=42)
+    inputs = [t.to(precision.device, precision.dtype) for t in inputs]
+    assert_same_values_and_grads(ours, theirs, *inputs, seed=42, assert_close=precision.assert_close)
 
 
 # --- scaled dot-product ------------------------------------------------------------------------------------
@@ -405,7 +395,7 @@ def test_vision_transformer_equals_torchvisions_with_copied_weights():
         ours.norm.eps = theirs.encoder.ln.eps
         ours.head.load_state_dict(theirs.heads.head.state_dict())
     x = torch.randn(3, 3, 28, 28, dtype=torch.float64)
-    assert_same(ours, theirs, x)  # values and input gradients, float64
+    assert_same(lambda t: ours(t), lambda t: theirs(t), x)  # values and input gradients, float64
     ours(x).square().sum().backward()
     theirs(x).square().sum().backward()
     torch.testing.assert_close(ours.pos_embed.grad, theirs.encoder.pos_embedding.grad)

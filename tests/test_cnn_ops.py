@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.cnn import avg_pool2d, conv2d, conv_output_size, convolve2d, cross_correlate2d, max_pool2d
+from companion.utils import assert_same_values_and_grads as same_values_and_grads
 
 D = torch.float64
 
@@ -21,23 +22,15 @@ def rand(*shape, seed=0):
 
 
 def assert_same_values_and_grads(ours, theirs, *inputs, precision=None):
-    """ours(*inputs) == theirs(*inputs), and so are the gradients of a random projection of the output.
+    """ours(*inputs) == theirs(*inputs), and so are the gradients (:func:`companion.utils.assert_same_values_and_grads`).
 
     With a ``precision`` (the conftest fixture), the inputs move to its device and dtype and its
     tolerances apply; without, float64 on the CPU with torch's default tolerances.
     """
-    if precision is not None:
-        inputs = [t.to(precision.device, precision.dtype) for t in inputs]
-    check = precision.assert_close if precision is not None else torch.testing.assert_close
-    leaves_a = [t.detach().clone().requires_grad_(True) for t in inputs]
-    leaves_b = [t.detach().clone().requires_grad_(True) for t in inputs]
-    out_a, out_b = ours(*leaves_a), theirs(*leaves_b)
-    check(out_a, out_b)
-    probe = rand(*out_a.shape, seed=99).to(out_a.device, out_a.dtype)
-    grads_a = torch.autograd.grad((out_a * probe).sum(), leaves_a)
-    grads_b = torch.autograd.grad((out_b * probe).sum(), leaves_b)
-    for a, b in zip(grads_a, grads_b, strict=True):
-        check(a, b)
+    if precision is None:
+        return same_values_and_grads(ours, theirs, *inputs, seed=99)
+    inputs = [t.to(precision.device, precision.dtype) for t in inputs]
+    same_values_and_grads(ours, theirs, *inputs, seed=99, assert_close=precision.assert_close)
 
 
 # --- output size -------------------------------------------------------------------------------------------

@@ -53,3 +53,29 @@ def test_eval_mode_restores_the_previous_mode_also_on_an_error():
     with eval_mode(model):
         pass
     assert not model.training  # an eval model stays in eval
+
+
+def test_value_and_grad_gaps_see_a_wrong_gradient_behind_a_right_value():
+    import torch
+
+    from companion.utils import assert_same_values_and_grads, value_and_grad_gaps
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    right, wrong = (lambda t: t.square()), (lambda t: t.square() + (t - t.detach()))  # same values, gradient + 1
+    assert value_and_grad_gaps(right, lambda t: t * t, x) == (0.0, 0.0)
+    value_gap, grad_gap = value_and_grad_gaps(right, wrong, x)
+    assert value_gap == 0.0 and grad_gap > 0.5  # the probe's largest |entry| among 15 normal draws
+    with pytest.raises(AssertionError, match="gradients w.r.t. input 0 differ"):
+        assert_same_values_and_grads(right, wrong, x)
+    # modules: their parameters' gradients count too, in order
+    a, b = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+    b.load_state_dict(a.state_dict())
+    assert_same_values_and_grads(a, b, x)
+    with torch.no_grad():
+        b.bias += 1
+    with pytest.raises(AssertionError, match="values differ"):
+        assert_same_values_and_grads(a, b, x)
+    with pytest.raises(ValueError, match="different numbers of parameters"):
+        value_and_grad_gaps(a, lambda t: a(t), x)
+    with pytest.raises(TypeError, match="returns one tensor"):
+        value_and_grad_gaps(lambda t: (t, t), lambda t: t, x)
