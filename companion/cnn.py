@@ -334,7 +334,8 @@ class SeedCNN(nn.Module):
         self.relu = nn.ReLU()
         self.flatten = nn.Flatten()  # keeps the batch dimension, unlike the article's view(-1, 320)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the classifier: (B, 1, 28, 28) → (B, 50), after ``fc1`` and its ReLU."""
         check_image_shape(x, (1, 28, 28), "SeedCNN")
         for conv in (self.conv1, self.conv2):  # (B, 1, 28, 28) -> (B, 10, 12, 12) -> (B, 20, 4, 4)
             if self.article_order:
@@ -342,8 +343,14 @@ class SeedCNN(nn.Module):
             else:
                 x = self.relu(self.pool(conv(x)))  # max-pool, then ReLU: the same, on 4x fewer values
         x = self.flatten(x)  # (B, 320)
-        x = self.relu(self.fc1(x))  # (B, 50)
-        return self.fc2(x)  # (B, num_classes)
+        return self.relu(self.fc1(x))  # (B, 50)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier ``fc2``: (B, 50) → (B, num_classes) logits."""
+        return self.fc2(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 class BatchNormCNN(nn.Module):

@@ -45,8 +45,16 @@ class LogisticRegression(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(in_features, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the classifier reads: the flattened pixels, (B, in_features)."""
+        return _flatten(self.flatten, x, self.in_features, "LogisticRegression")
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The linear classifier: (B, in_features) → (B, num_classes) logits."""
+        return self.fc(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(_flatten(self.flatten, x, self.in_features, "LogisticRegression"))
+        return self.forward_head(self.forward_features(x))
 
 
 class MLP(nn.Module):
@@ -78,9 +86,17 @@ class MLP(nn.Module):
         self.relu = nn.ReLU()
         self.fc2 = nn.Linear(hidden_size, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's activations: (B, 1, 28, 28) → (B, hidden_size)."""
         x = _flatten(self.flatten, x, self.in_features, "MLP")  # (B, in_features)
-        return self.fc2(self.relu(self.fc1(x)))  # (B, hidden_size) -> (B, num_classes)
+        return self.relu(self.fc1(x))  # (B, hidden_size)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The output layer ``fc2``: (B, hidden_size) → (B, num_classes) logits."""
+        return self.fc2(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def _flatten(flatten: nn.Flatten, x: torch.Tensor, in_features: int, model: str) -> torch.Tensor:

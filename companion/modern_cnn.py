@@ -154,6 +154,13 @@ class EfficientCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) → pooled features (B, widths[2])."""
         x = self.blocks(self.stem(x))  # (B, widths[2], H / 8, W / 8)
-        return self.fc(torch.flatten(self.pool(x), 1))  # (B, num_classes)
+        return torch.flatten(self.pool(x), 1)  # (B, widths[2])
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)  # (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -322,7 +322,8 @@ class RowClassifier(nn.Module):
         self.rnn = rnn
         self.head = nn.Linear(rnn.hidden_size, num_classes)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The last layer's final hidden state after reading every row: (B, 1, H, W) → (B, hidden_size)."""
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[-1] != self.rnn.input_size:
             raise ValueError(
                 f"RowClassifier expects images (B, 1, H, {self.rnn.input_size}), got {tuple(images.shape)}"
@@ -330,4 +331,11 @@ class RowClassifier(nn.Module):
         rows = images[:, 0]  # (B, 1, H, W) -> (B, T=H, I=W)
         _, state = self.rnn(rows)
         h_n = state[0] if isinstance(state, tuple) else state  # (L, B, H_hidden)
-        return self.head(h_n[-1])  # (B, num_classes)
+        return h_n[-1]  # (B, hidden_size)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The linear classifier: (B, hidden_size) → (B, num_classes) logits."""
+        return self.head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))

@@ -880,3 +880,29 @@ def test_fast_recipe_runs_in_bfloat16_on_the_pool_first_network():
     assert FAST.mixed_precision == "bfloat16" and FAST.model == "bn-cnn-fast"
     model = build_model(FAST.model)
     assert model.pool_before_norm and (model.conv1.out_channels, model.conv2.out_channels) == (16, 32)
+
+
+@pytest.mark.parametrize("name", ["LogisticRegression", "MLP", "SeedCNN", "BatchNormCNN", "EfficientCNN", "DeepCNN",
+                                  "RowClassifier", "VisionTransformer"])  # fmt: skip
+def test_every_classifier_splits_into_features_and_head(name):
+    """forward = forward_head(forward_features), exactly, so every tool that takes a backbone takes each of them."""
+    from companion.attention import VisionTransformer
+    from companion.cnn import BatchNormCNN, SeedCNN
+    from companion.concepts import MLP, LogisticRegression
+    from companion.finetune import Headless
+    from companion.modern_cnn import DeepCNN, EfficientCNN
+    from companion.rnn import GRU, RowClassifier
+    from companion.simclr import SimCLR
+
+    build = {"LogisticRegression": LogisticRegression, "MLP": MLP, "SeedCNN": SeedCNN, "BatchNormCNN": BatchNormCNN,
+             "EfficientCNN": EfficientCNN, "DeepCNN": lambda: DeepCNN(depth=8),
+             "RowClassifier": lambda: RowClassifier(GRU(28, 16, batch_first=True)),
+             "VisionTransformer": VisionTransformer}  # fmt: skip
+    torch.manual_seed(0)
+    model = build[name]().eval()
+    x = torch.randn(3, 1, 28, 28)
+    features = model.forward_features(x)
+    assert torch.equal(model(x), model.forward_head(features))
+    assert Headless(model)(x).shape[0] == 3  # the input of the last linear layer: a feature extractor
+    feature_size = features.flatten(1).shape[1]
+    assert SimCLR(model, feature_size=feature_size)(x).shape[0] == 3  # SimCLR takes it as a backbone
