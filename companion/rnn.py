@@ -191,13 +191,15 @@ class Recurrent(nn.Module):
         batch_first: input and output are (B, T, ·) instead of (T, B, ·).
 
     Shape:
-        - Input: (T, B, I), or (B, T, I) with ``batch_first``.
-        - Initial state (optional): h0 (L, B, H); for the LSTM a pair (h0, c0).
+        - Input: (T, B, I), or (B, T, I) with ``batch_first``, or (T, I) unbatched (either way).
+        - Initial state (optional): h0 (L, B, H), (L, H) unbatched; for the LSTM a pair (h0, c0).
         - Output: ``(output, h_n)``, or ``(output, (h_n, c_n))`` for the LSTM, as PyTorch: output
           (T, B, H) or (B, T, H) holds the last layer's h_t at every step; h_n, c_n are (L, B, H).
+          Unbatched: (T, H) and (L, H).
 
     Raises:
-        ValueError: input not 3-D or with the wrong feature size, or an initial state of the wrong shape.
+        ValueError: input not 2-D or 3-D or with the wrong feature size, or an initial state of the
+            wrong shape.
     """
 
     cell_class: type[_Cell] = RNNCell
@@ -256,11 +258,26 @@ class Recurrent(nn.Module):
             return [(hx[0][layer], hx[1][layer]) for layer in range(self.num_layers)]
         return [hx[layer] for layer in range(self.num_layers)]
 
+    def _unbatched_state(self, hx: State | None) -> State | None:
+        """An unbatched initial state, (L, H) or a pair of them, given a batch of one: (L, 1, H)."""
+        if hx is None:
+            return None
+        parts = hx if self.is_lstm and isinstance(hx, tuple) else (hx,)
+        for part in parts:
+            if not isinstance(part, torch.Tensor) or part.ndim != 2:
+                shape = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
+                raise ValueError(f"an unbatched input takes an initial state of shape (L, H), got {shape}")
+        return tuple(part.unsqueeze(1) for part in parts) if self.is_lstm else hx.unsqueeze(1)
+
     def forward(self, x: torch.Tensor, hx: State | None = None):
-        if x.ndim != 3 or x.shape[-1] != self.input_size:
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
-            raise ValueError(f"{type(self).__name__} expects input {layout} with I={self.input_size}, got {tuple(x.shape)}")
-        if self.batch_first:
+            raise ValueError(f"{type(self).__name__} expects input {layout}, or (T, I) unbatched, with "
+                             f"I={self.input_size}, got {tuple(x.shape)}")  # fmt: skip
+        unbatched = x.ndim == 2  # (T, I), as PyTorch accepts it: a batch of one, removed again at the end
+        if unbatched:
+            x, hx = x.unsqueeze(1), self._unbatched_state(hx)  # (T, 1, I)
+        elif self.batch_first:
             x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
         states = self._initial_state(x, hx)
         layer_input = x
@@ -270,12 +287,15 @@ class Recurrent(nn.Module):
                 states[layer] = cell(x_t, states[layer])
                 outputs.append(states[layer][0] if self.is_lstm else states[layer])
             layer_input = torch.stack(outputs)  # (T, B, H)
-        output = layer_input.transpose(0, 1) if self.batch_first else layer_input
+        output = layer_input.transpose(0, 1) if self.batch_first and not unbatched else layer_input
         if self.is_lstm:
             h_n = torch.stack([h for h, _ in states])  # (L, B, H)
             c_n = torch.stack([c for _, c in states])
+            if unbatched:
+                return output[:, 0], (h_n[:, 0], c_n[:, 0])  # (T, H), ((L, H), (L, H))
             return output, (h_n, c_n)
-        return output, torch.stack(states)
+        h_n = torch.stack(states)  # (L, B, H)
+        return (output[:, 0], h_n[:, 0]) if unbatched else (output, h_n)
 
 
 class RNN(Recurrent):

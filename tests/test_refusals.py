@@ -3,9 +3,11 @@
 PyTorch's test suite lists, for every built-in operator and module, sample inputs that exercise
 its options (``op_db``, ``module_db`` in ``torch.testing._internal``). Each sample is run through
 the built-in and through the package's from-scratch twin (for modules: ``from_torch`` of the
-built module, then its forward). The twin must either compute the same values (float64) or raise
-a ``ValueError`` / ``TypeError`` — never return something else. Each test also checks that the
-function twin accepted some samples and refused some, so it cannot pass by refusing everything.
+built module, then its forward, in training and in evaluation mode). The twin must either compute
+the same values (float64) or raise a ``ValueError`` / ``TypeError`` — never return something else
+or raise another exception. For the recurrent modules, whose options are few, each sample's
+outcome is the documented one: computed if and only if the module is one the twin implements.
+The other tests check that a twin computed some samples and refused some.
 """
 
 from __future__ import annotations
@@ -71,21 +73,42 @@ MODULES = {
 }
 
 
+def _recurrent_supported(module: torch.nn.Module) -> bool:
+    """What the recurrent twins implement: unidirectional, tanh, no projections, no dropout (any input layout)."""
+    expected = {"RNN": "RNN_TANH", "LSTM": "LSTM", "GRU": "GRU"}[type(module).__name__]
+    return module.mode == expected and not module.bidirectional and not getattr(module, "proj_size", 0) \
+        and not module.dropout  # fmt: skip
+
+
+#: For the modules whose options are few, which samples must compute; every other one must be refused.
+SUPPORTED = {"RNN": _recurrent_supported, "LSTM": _recurrent_supported, "GRU": _recurrent_supported}
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_from_torch_copies_compute_pytorchs_samples_or_refuse_them(name):
     (info,) = [m for m in module_db if m.module_cls.__name__ == name]
-    outcomes = []
-    for sample in info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=False, training=False):
-        torch.manual_seed(0)
-        module = info.module_cls(*sample.constructor_input.args, **sample.constructor_input.kwargs).double().eval()
-        args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
-        try:
-            ours = MODULES[name](module)
-        except REFUSED:
-            outcomes.append(False)
-            continue
-        with torch.no_grad():
-            outcomes.append(_check(lambda: module(*args, **kwargs), lambda: ours(*args, **kwargs)))
-    # PyTorch's module samples are mostly unbatched inputs and options these classes refuse; what
-    # they compute is checked against the modules in test_attention.py and test_rnn.py.
-    assert not all(outcomes), f"{name}: every sample computed, none exercised a refusal"
+    outcomes, wrong = [], []
+    for training in (False, True):
+        for sample in info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=False,
+                                              training=training):  # fmt: skip
+            torch.manual_seed(0)
+            module = info.module_cls(*sample.constructor_input.args, **sample.constructor_input.kwargs)
+            module = module.double().train(training)
+            args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
+            try:
+                ours = MODULES[name](module).train(training)
+            except REFUSED:
+                computed = False
+            else:
+                with torch.no_grad():
+                    computed = _check(lambda: module(*args, **kwargs), lambda: ours(*args, **kwargs))
+            outcomes.append(computed)
+            if name in SUPPORTED and computed != SUPPORTED[name](module):
+                wrong.append((sample.desc, "computed" if computed else "refused"))
+    assert not wrong, f"{name}: samples whose outcome is not the documented one: {wrong}"
+    if name in SUPPORTED:
+        assert any(outcomes) and not all(outcomes), f"{name}: {sum(outcomes)} of {len(outcomes)} computed"
+    else:
+        # PyTorch's samples for these are mostly options the classes refuse; what they compute is
+        # checked against the modules in test_attention.py.
+        assert not all(outcomes), f"{name}: every sample computed, none exercised a refusal"

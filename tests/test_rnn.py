@@ -114,8 +114,10 @@ def test_from_torch_rejects_unsupported_modules():
 
 
 @pytest.mark.parametrize(("cls", "x", "hx", "match"), [
-    (LSTM, torch.randn(5, 2, 4), None, r"expects input \(T, B, I\) with I=3, got \(5, 2, 4\)"),
-    (GRU, torch.randn(2, 3), None, r"expects input \(T, B, I\) with I=3, got \(2, 3\)"),
+    (LSTM, torch.randn(5, 2, 4), None, r"expects input \(T, B, I\), or \(T, I\) unbatched, with I=3, got \(5, 2, 4\)"),
+    (GRU, torch.randn(2, 2, 3, 3), None, r"expects input \(T, B, I\), or \(T, I\) unbatched, with I=3, got \(2, 2, 3, 3\)"),
+    (GRU, torch.randn(5, 3), torch.zeros(2, 1, 4), r"unbatched input takes an initial state of shape \(L, H\), got \(2, 1, 4\)"),
+    (LSTM, torch.randn(5, 3), (torch.zeros(2, 4), torch.zeros(2, 1, 4)), r"unbatched input takes an initial state"),
     (RNN, torch.randn(5, 2, 3), torch.zeros(1, 2, 4), r"expected h0 of shape \(2, 2, 4\) \(L, B, H\), got \(1, 2, 4\)"),
     (LSTM, torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 3, 4)), r"expected c0 of shape \(2, 2, 4\)"),
     (LSTM, torch.randn(5, 2, 3), torch.zeros(2, 2, 4), r"pair \(h0, c0\)"),
@@ -176,3 +178,21 @@ def test_lstm_cell_returns_its_gates_on_request():
     torch.testing.assert_close(gates.f * c + gates.i * gates.g, c_next)
     torch.testing.assert_close(gates.o * torch.tanh(c_next), h_next)
     assert all(((0 < gate) & (gate < 1)).all() for gate in (gates.i, gates.f, gates.o))
+
+
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_sequences_equal_pytorchs(cls, batch_first):
+    """(T, I) input and (L, H) states, as PyTorch accepts them (its module samples use them)."""
+    torch.manual_seed(0)
+    reference = {RNN: nn.RNN, LSTM: nn.LSTM, GRU: nn.GRU}[cls](3, 4, num_layers=2, batch_first=batch_first).double()
+    ours = cls.from_torch(reference)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    hx = torch.randn(2, 4, dtype=torch.float64)
+    state = (hx, torch.randn(2, 4, dtype=torch.float64)) if cls is LSTM else hx
+    for given in (None, state):
+        out, h = ours(x, given)
+        ref_out, ref_h = reference(x, given)
+        assert out.shape == (5, 4)
+        torch.testing.assert_close(out, ref_out)
+        torch.testing.assert_close(h, ref_h)  # (L, H), or a pair of them
