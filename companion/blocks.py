@@ -61,7 +61,7 @@ class ResidualBlock(nn.Module):
         in_channels, out_channels: channels in and out.
         stride: 1 or 2 (the first convolution's, and the projection's).
         norm_layer: builds the normalisation from a channel count; default ``nn.BatchNorm2d``
-            (the package's :class:`BatchNorm2d` gives the same numbers, more slowly).
+            (the package's :class:`~companion.norm.BatchNorm2d` gives the same numbers, more slowly).
         shortcut: add the shortcut (a residual block) or not (a plain block).
         bias: give the convolutions biases (for a network without normalisation, whose
             β would otherwise be the only bias; torchvision's block has none).

@@ -45,7 +45,7 @@ class DeepCNN(nn.Module):
 
     ``stem conv 3×3 (stride 2) → 3 stages of n blocks (width, 2·width, 4·width channels; the
     first block of stages 2 and 3 has stride 2) → global average pool → linear``. Each block is a
-    :class:`ResidualBlock` with two 3 × 3 convolutions, so ``depth = 6n + 2`` counts the layers
+    :class:`~companion.blocks.ResidualBlock` with two 3 × 3 convolutions, so ``depth = 6n + 2`` counts the layers
     with weights. ``residual=False`` gives the *plain* network of the paper's degradation
     experiment: the same layers without the shortcuts. One deviation: where a block changes
     shape, the shortcut is the projection (the paper's option B, a 1 × 1 convolution, which
@@ -111,8 +111,8 @@ class EfficientCNN(nn.Module):
     stages 2 and 3 has stride 2) → global average pool → linear``, where a block is
 
     - ``"conv"``: a plain 3 × 3 convolution → batch norm → ReLU;
-    - ``"separable"``: a :class:`DepthwiseSeparableConv` (3 × 3);
-    - ``"mbconv"``: an :class:`InvertedResidual` (3 × 3, ``expand_ratio``).
+    - ``"separable"``: a :class:`~companion.blocks.DepthwiseSeparableConv` (3 × 3);
+    - ``"mbconv"``: an :class:`~companion.blocks.InvertedResidual` (3 × 3, ``expand_ratio``).
 
     Args:
         block: ``"conv"``, ``"separable"`` or ``"mbconv"``.
