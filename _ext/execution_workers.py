@@ -50,7 +50,7 @@ def execution_rows(app) -> list[tuple[str, str, str, str, str]]:
             "-" if seconds is None else f"{seconds:.0f}",
             str(data.get("worker", "the book build")),
             str(data.get("cpu_threads", "default")),
-            "yes" if data.get("alone", True) else "no, beside another notebook",
+            "yes" if data.get("alone", True) else "no, beside other tests",
         ))  # fmt: skip
     return rows
 

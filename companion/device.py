@@ -31,7 +31,7 @@ __all__ = [
 
 #: Environment variable that overrides the automatic device choice (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 DEVICE_ENV = "COMPANION_DEVICE"
-#: Set to ``1`` by the book's test command in a kernel that shares the CPU with another notebook.
+#: Set to ``1`` by the book's test command in a kernel that shares the CPU with other tests.
 SHARED_CPU_ENV = "COMPANION_CPU_SHARED"
 
 
@@ -130,14 +130,14 @@ def timing_conditions(device: torch.device | str) -> str:
     A chapter glues this next to the seconds it reports, so that a reader knows what was timed:
     on a GPU its name; on the CPU the number of threads PyTorch computes with and, where the
     environment variable ``COMPANION_CPU_SHARED`` is ``1`` (the book's test command sets it when it
-    executes two notebooks at a time, one thread each), that another notebook shared the CPU.
+    executes two notebooks at a time, one thread each), that other tests shared the CPU.
 
     Args:
         device: the device the timed work ran on (``"cpu"``, ``"cuda:0"``, ... or a :class:`torch.device`).
 
     Returns:
-        A clause such as ``"on the CPU with 2 threads"``, ``"on the CPU with 1 thread, while another
-        notebook ran beside it"`` or ``"on the CUDA device NVIDIA H100 80GB HBM3"``.
+        A clause such as ``"on the CPU with 2 threads"``, ``"on the CPU with 1 thread, while other
+        tests ran beside it"`` or ``"on the CUDA device NVIDIA H100 80GB HBM3"``.
 
     Examples:
         >>> timing_conditions("cpu").startswith("on the CPU with ")
@@ -151,7 +151,7 @@ def timing_conditions(device: torch.device | str) -> str:
     threads = torch.get_num_threads()
     clause = f"on the CPU with {threads} thread{'s' if threads != 1 else ''}"
     if os.environ.get(SHARED_CPU_ENV) == "1":
-        clause += ", while another notebook ran beside it"
+        clause += ", while other tests ran beside it"
     return clause
 
 

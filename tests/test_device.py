@@ -312,7 +312,7 @@ def test_timing_conditions_name_the_threads_and_a_shared_cpu(monkeypatch: pytest
     plural = "thread" if threads == 1 else "threads"
     assert timing_conditions("cpu") == f"on the CPU with {threads} {plural}"
     monkeypatch.setenv(SHARED_CPU_ENV, "1")
-    assert timing_conditions(torch.device("cpu")) == f"on the CPU with {threads} {plural}, while another notebook ran beside it"
+    assert timing_conditions(torch.device("cpu")) == f"on the CPU with {threads} {plural}, while other tests ran beside it"
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert timing_conditions("cpu").startswith("on the CPU with 1 thread,")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")

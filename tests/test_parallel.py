@@ -100,5 +100,5 @@ def test_execution_table_reads_the_worker_of_the_matching_execution(tmp_path):
     assert execution_workers.execution_rows(app) == [
         ("alone", "3", "the book build", "default", "yes"),
         ("missing", "-", "not executed", "-", "-"),
-        ("shared", "12", "gw1", "1", "no, beside another notebook"),
+        ("shared", "12", "gw1", "1", "no, beside other tests"),
     ]  # fmt: skip
