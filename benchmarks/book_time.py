@@ -116,16 +116,16 @@ def time_in_parallel(paths: list[Path], jobs: int, timeout: float = 1800) -> lis
     def worker(number: int) -> None:
         lock = parallel.CpuLock(lock_path)
         while True:
-            with guard:
+            with guard:  # pop and take the lock together, so notebooks start in the queue's order
                 if not queue:
                     break
                 path = queue.pop(0)
-            alone = parallel.timed_alone(path)
+                alone = parallel.timed_alone(path)
+                lock.acquire(exclusive=alone)  # no holder of the lock waits for ``guard``: no deadlock
             env = dict(os.environ)
             env.pop(parallel.SHARED_ENV, None)
             if not alone:
                 env.update({"OMP_NUM_THREADS": "1", parallel.SHARED_ENV: "1"})
-            lock.acquire(exclusive=alone)
             started = time.perf_counter() - origin
             try:
                 result = time_notebook(path, timeout, env=env)
