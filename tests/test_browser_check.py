@@ -4,6 +4,8 @@ a built book. The browser half runs after the book build, in .ci/run."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,36 @@ def test_missing_files_and_anchors_are_reported(browser_check, site):
 def test_without_a_built_book_the_check_fails_instead_of_skipping(browser_check, tmp_path, capsys):
     assert browser_check.main([str(tmp_path / "html")]) == 1
     assert "no built book" in capsys.readouterr().err
+
+
+ACCESSIBLE = """<!DOCTYPE html><html lang="en"><head><title>Fine</title></head>
+<body><main><h1>Fine</h1><p>Dark text on white.</p><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt="a dot">
+<button aria-label="Open the menu">Open the menu</button></main></body></html>"""
+
+#: Three WCAG 2 A/AA failures: an image without a text alternative, light-grey text on white
+#: (contrast 1.6:1, AA wants 4.5:1) and a button whose accessible name leaves out its visible text.
+INACCESSIBLE = ACCESSIBLE.replace(' alt="a dot"', "").replace(
+    "<p>Dark text on white.</p>", '<p style="color:#ccc">Grey text on white.</p>').replace(
+    'aria-label="Open the menu"', 'aria-label="Navigation"')  # fmt: skip
+
+
+def test_axe_core_finds_known_violations_and_passes_a_clean_page(browser_check, tmp_path):
+    found = browser_check.find_browser()
+    axe = browser_check.axe_source()
+    if isinstance(found, str) or axe is None:
+        if os.environ.get("CI"):  # .ci/run installs Chromium and axe-core before the tests
+            pytest.fail(f"no browser or no axe-core under CI: {found if isinstance(found, str) else 'npm ci'}")
+        pytest.skip("needs Chromium, chromedriver, Selenium and axe-core (npm ci)")
+    (tmp_path / "fine.html").write_text(ACCESSIBLE, encoding="utf-8")
+    (tmp_path / "bad.html").write_text(INACCESSIBLE, encoding="utf-8")
+    with browser_check.serve(tmp_path) as (base_url, _), tempfile.TemporaryDirectory() as profile:
+        driver = browser_check.start_driver(*found, profile)
+        try:
+            driver.get(base_url + "fine.html")
+            assert browser_check.accessibility_problems(driver, axe) == []
+            driver.get(base_url + "bad.html")
+            problems = browser_check.accessibility_problems(driver, axe)
+        finally:
+            driver.quit()
+    rules = {line.split(":")[0].split()[-1] for line in problems}
+    assert rules == {"image-alt", "color-contrast", "label-content-name-mismatch"}, problems

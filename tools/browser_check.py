@@ -12,6 +12,11 @@ each of its pages is opened with Selenium. Every page must:
   raw ``$$``, ``\\(``, ``\\[`` or ``\\begin{`` is left in the visible text outside code;
 - link only to files of the build that exist, and to ``#anchors`` that exist on the target page.
 
+- pass axe-core's accessibility rules tagged WCAG 2.0 and 2.1, levels A and AA
+  (:data:`AXE_TAGS`): zero violations. axe-core is the npm package pinned in ``package.json``
+  (``npm ci`` puts it in ``node_modules/``; ``AXE_CORE_JS`` may name another ``axe.min.js``);
+  without it the check fails, it does not skip.
+
 The search page must find "convolution". Screenshots of the home page and the MNIST chapter are
 saved to ``--screenshots`` (default: ``screenshots/`` beside ``HTML_DIR``, i.e. ``_build/screenshots``).
 
@@ -60,6 +65,8 @@ CHROME_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
 TIMEOUT_S = 30
+#: axe-core's rule tags checked on every page: WCAG 2.0 and 2.1, levels A and AA.
+AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +220,34 @@ return {
 """
 
 
-def _start_driver(chrome: str, driver_path: str, profile: str):
+# Runs axe-core (already injected) on the page; answers its violations, or an error message.
+_RUN_AXE = """
+const done = arguments[arguments.length - 1];
+axe.run(document, {runOnly: {type: "tag", values: arguments[0]}, resultTypes: ["violations"]})
+  .then((r) => done(r.violations.map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                                              targets: v.nodes.map((n) => n.target.join(" "))}))),
+        (err) => done("axe-core failed: " + err));
+"""
+
+
+def axe_source() -> str | None:
+    """The text of ``axe.min.js`` (``AXE_CORE_JS``, else ``node_modules/axe-core/``), or None when missing."""
+    path = Path(os.environ.get("AXE_CORE_JS") or ROOT / "node_modules" / "axe-core" / "axe.min.js")
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def accessibility_problems(driver, axe: str) -> list[str]:
+    """axe-core's violations of the :data:`AXE_TAGS` rules on the open page, one line per rule."""
+    driver.execute_script(axe)
+    violations = driver.execute_async_script(_RUN_AXE, list(AXE_TAGS))
+    if isinstance(violations, str):
+        return [violations]
+    return [f"accessibility ({v['impact']}) {v['id']}: {v['help']}; {len(v['targets'])} element(s), "
+            f"e.g. {', '.join(v['targets'][:3])}" for v in violations]  # fmt: skip
+
+
+def start_driver(chrome: str, driver_path: str, profile: str):
+    """A headless Chromium (:data:`CHROME_FLAGS`) driven by Selenium, with ``profile`` as its user folder."""
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download a browser or a driver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -243,8 +277,9 @@ def console_errors(driver) -> list[str]:
     ]
 
 
-def check_page(driver, html_dir: Path, base_url: str, page: str, failed_requests: list[str]) -> tuple[list[str], str]:
-    """Open one page; return its problems and a one-line summary."""
+def check_page(driver, html_dir: Path, base_url: str, page: str, failed_requests: list[str],
+               axe: str) -> tuple[list[str], str]:  # fmt: skip
+    """Open one page; return its problems and a one-line summary (``axe``: axe-core's source)."""
     driver.get(base_url + page)
     problems = []
     mathjax = driver.execute_async_script(_WAIT_FOR_MATHJAX)
@@ -262,6 +297,7 @@ def check_page(driver, html_dir: Path, base_url: str, page: str, failed_requests
     problems += [f"math not typeset: {text!r}" for text in info["untypeset"]]
     problems += [f"raw TeX in the text: {text!r}" for text in info["rawTex"]]
     problems += broken_links(html_dir, base_url, info["links"])
+    problems += accessibility_problems(driver, axe)
     summary = f"{len(info['links'])} links, {info['typeset']} formulas, images ok: {not missing_images}"
     return problems, summary
 
@@ -290,15 +326,19 @@ def run(html_dir: Path, screenshots: Path) -> int:
         print(f"SKIPPED browser check: {found}")
         return 0
     chrome, driver_path = found
+    axe = axe_source()
+    if axe is None:
+        print("error: axe-core is not installed (run npm ci, or set AXE_CORE_JS to an axe.min.js)", file=sys.stderr)
+        return 1
     pages = html_pages(html_dir)
     screenshots.mkdir(parents=True, exist_ok=True)
     all_problems: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="browser-check-") as profile, serve(html_dir) as (base_url, failed):
-        driver = _start_driver(chrome, driver_path, profile)
+        driver = start_driver(chrome, driver_path, profile)
         try:
             print(f"browser check: {len(pages)} pages of {html_dir} with {chrome} at {base_url}")
             for page in pages:
-                problems, summary = check_page(driver, html_dir, base_url, page, failed)
+                problems, summary = check_page(driver, html_dir, base_url, page, failed, axe)
                 if page in SCREENSHOTS:
                     driver.save_screenshot(str(screenshots / SCREENSHOTS[page]))
                 print(f"{'FAIL' if problems else 'ok  '} {page}: {summary}")
