@@ -20,13 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .utils import check_float_images
+
 __all__ = ["AffineParams", "RandomTranslate", "affine", "cutout", "random_affine", "random_affine_params",
            "random_translate"]  # fmt: skip
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be float (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
 
 
 def random_translate(images: torch.Tensor, generator: torch.Generator | None = None, max_shift: int = 2) -> torch.Tensor:
@@ -44,9 +41,10 @@ def random_translate(images: torch.Tensor, generator: torch.Generator | None = N
         A new tensor, same shape, dtype and device; the input is not modified.
 
     Raises:
-        ValueError: ``images`` is not 4-D float or ``max_shift`` is negative.
+        TypeError: ``images`` is not a float tensor.
+        ValueError: ``images`` is not 4-D, or ``max_shift`` is negative.
     """
-    _check_images(images)
+    check_float_images(images)
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     if max_shift == 0:
@@ -90,7 +88,7 @@ class AffineParams:
 def random_affine_params(
     batch: int,
     size: tuple[int, int],
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
     degrees: float = 15.0,
     translate: tuple[float, float] = (0.075, 0.075),
     scale: tuple[float, float] = (0.8, 1.2),
@@ -103,7 +101,7 @@ def random_affine_params(
     Args:
         batch: number of images.
         size: (H, W) of the images.
-        generator: CPU generator.
+        generator: CPU generator (``None``: the global one).
         degrees: largest rotation, >= 0.
         translate: largest shift as fractions of the width and the height, each in [0, 1].
         scale: (min, max) zoom range with 0 < min <= max.
@@ -145,9 +143,10 @@ def affine(images: torch.Tensor, params: AffineParams, fill: float | torch.Tenso
         float (B, C, H, W), on ``images``' device.
 
     Raises:
-        ValueError: ``images`` is not 4-D float or ``params`` has another batch size.
+        TypeError: ``images`` is not a float tensor.
+        ValueError: ``images`` is not 4-D, or ``params`` has another batch size.
     """
-    _check_images(images)
+    check_float_images(images)
     B, _, H, W = images.shape
     if not len(params.angle) == len(params.scale) == len(params.translate) == B:
         raise ValueError(f"params hold {len(params.angle)} images' parameters, images has {B}")
@@ -177,7 +176,7 @@ def affine(images: torch.Tensor, params: AffineParams, fill: float | torch.Tenso
 
 def random_affine(
     images: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
     degrees: float = 15.0,
     translate: tuple[float, float] = (0.075, 0.075),
     scale: tuple[float, float] = (0.8, 1.2),
@@ -190,22 +189,23 @@ def random_affine(
 
     Args:
         images: float (B, C, H, W).
-        generator: CPU generator for the parameters.
+        generator: CPU generator for the parameters (``None``: the global one).
         degrees, translate, scale: as :func:`random_affine_params` (torchvision's meanings).
 
     Returns:
         float (B, C, H, W), on ``images``' device.
 
     Raises:
-        ValueError: ``images`` is not 4-D float, or a range is invalid.
+        TypeError: ``images`` is not a float tensor.
+        ValueError: ``images`` is not 4-D, or a range is invalid.
     """
-    _check_images(images)
+    check_float_images(images)
     params = random_affine_params(images.shape[0], images.shape[-2:], generator, degrees, translate, scale)
     fill = images.amin() if images.numel() else 0.0
     return affine(images, params, fill=fill)
 
 
-def cutout(images: torch.Tensor, generator: torch.Generator, size: int = 10) -> torch.Tensor:
+def cutout(images: torch.Tensor, generator: torch.Generator | None = None, size: int = 10) -> torch.Tensor:
     """Paint one ``size`` × ``size`` square per image, at a random centre, with the batch's minimum.
 
     Cutout (DeVries & Taylor, 2017): the centre is uniform over the image and the square is
@@ -213,16 +213,17 @@ def cutout(images: torch.Tensor, generator: torch.Generator, size: int = 10) -> 
 
     Args:
         images: float (B, C, H, W).
-        generator: CPU generator for the centres.
+        generator: CPU generator for the centres (``None``: the global one).
         size: side of the square in pixels, >= 1.
 
     Returns:
         float (B, C, H, W), a new tensor.
 
     Raises:
-        ValueError: ``size < 1`` or ``images`` not 4-D float.
+        TypeError: ``images`` is not a float tensor.
+        ValueError: ``size < 1``, or ``images`` is not 4-D.
     """
-    _check_images(images)
+    check_float_images(images)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     batch, _, height, width = images.shape

@@ -151,12 +151,13 @@ def mlp_forward_backward(
         :class:`MLPGradients` with the loss and one gradient per parameter.
 
     Raises:
-        ValueError: shapes that do not fit together, a target that is not int64, or outside [0, K).
+        ValueError: shapes that do not fit together, or a target outside [0, K).
+        TypeError: a target that is not int64.
     """
     if x.dim() != 2 or target.shape != (x.shape[0],):
         raise ValueError(f"expected x (B, in_features) and target (B,), got {tuple(x.shape)} and {tuple(target.shape)}")
     if target.dtype != torch.int64:
-        raise ValueError(f"target must be int64 class indices, got {target.dtype}")
+        raise TypeError(f"target must be int64 class indices, got {target.dtype}")
     hidden, num_classes = weight1.shape[0], weight2.shape[0]
     expected = {
         "weight1": (weight1.shape, (hidden, x.shape[1])),

@@ -405,6 +405,7 @@ class DeviceLoader:
             process with batch ``batch_size · world_size``. 1 process by default.
 
     Raises:
+        TypeError: a ``batch_size`` that is not an integer.
         ValueError: ``batch_size < 1``, ``std <= 0``, images and labels of different lengths,
             or not ``0 <= rank < world_size``.
 
@@ -430,7 +431,9 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size must be an integer >= 1, got {type(batch_size).__name__} {batch_size!r}")
+        if batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")

@@ -84,8 +84,10 @@ def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], color
 
 
 def _check_int(name: str, value: object, low: int, high: int, why: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        reason = f" ({why})" if why else ""
+    reason = f" ({why})" if why else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer from {low} to {high}{reason}, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
         raise ValueError(f"{name} must be an integer from {low} to {high}{reason}, got {value!r}")
     return value
 
@@ -109,7 +111,8 @@ def conv_channels_diagram(in_channels: int = 3, out_channels: int = 2, kernel_si
         The :class:`~matplotlib.figure.Figure`, 8 x 4 inches.
 
     Raises:
-        ValueError: an argument that is not an integer in its range.
+        TypeError: an argument that is not an integer (a bool is not one).
+        ValueError: an integer outside its range.
     """
     c_in = _check_int("in_channels", in_channels, 1, 6, "the figure draws every map")
     c_out = _check_int("out_channels", out_channels, 1, 3, "the figure draws every kernel")
@@ -188,6 +191,7 @@ def receptive_field_sizes(kernel_size: int | Sequence[int] = 3, stride: int | Se
         ``[r_1, ..., r_L]``, input pixels per side that one unit of each layer depends on.
 
     Raises:
+        TypeError: an argument that is not an integer (a bool is not one).
         ValueError: a value outside its range, or a sequence whose length is not ``num_layers``.
     """
     layers = _check_int("num_layers", num_layers, 1, 6)
@@ -216,6 +220,7 @@ def receptive_field_diagram(kernel_size: int | Sequence[int] = 3, stride: int | 
         The :class:`~matplotlib.figure.Figure`, 8 inches wide.
 
     Raises:
+        TypeError: an argument that is not an integer (a bool is not one).
         ValueError: a value outside its range, a sequence whose length is not ``num_layers``, or a
             receptive field too wide to draw (more than 48 input pixels).
     """
@@ -310,7 +315,8 @@ def rnn_unrolled_diagram(steps: int = 3) -> Figure:
         The :class:`~matplotlib.figure.Figure`, 8 x 3.4 inches.
 
     Raises:
-        ValueError: ``steps`` is not an integer from 1 to 4.
+        TypeError: ``steps`` is not an integer.
+        ValueError: ``steps`` is outside 1 to 4.
     """
     T = _check_int("steps", steps, 1, 4)
     fig, ax = _canvas(8, 3.4)
@@ -434,10 +440,10 @@ def attention_diagram(mask: bool = True) -> Figure:
         The :class:`~matplotlib.figure.Figure`, 8 x 3 inches.
 
     Raises:
-        ValueError: ``mask`` is not a bool.
+        TypeError: ``mask`` is not a bool.
     """
     if not isinstance(mask, bool):
-        raise ValueError(f"mask must be True or False, got {mask!r}")
+        raise TypeError(f"mask must be True or False, got {mask!r}")
     fig, ax = _canvas(8, 3)
     y, w, h = 3.6, 2.0, 1.0
     inputs = [("$Q$", "(M, $d_k$)", 4.9), ("$K$", "(N, $d_k$)", 3.0), ("$V$", "(N, $d_v$)", 1.1)]
@@ -495,6 +501,7 @@ def transformer_block_diagram(embed_dim: int | None = None, num_heads: int | Non
         The :class:`~matplotlib.figure.Figure`, 8 x 3 inches.
 
     Raises:
+        TypeError: a size that is not an integer, or a ratio that is not a number.
         ValueError: a non-positive size or ratio, or ``num_heads`` not dividing ``embed_dim``.
     """
     if embed_dim is not None:
@@ -503,7 +510,9 @@ def transformer_block_diagram(embed_dim: int | None = None, num_heads: int | Non
         _check_int("num_heads", num_heads, 1, 1 << 10)
         if embed_dim is not None and embed_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} does not divide embed_dim={embed_dim}")
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or not mlp_ratio > 0:
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float):
+        raise TypeError(f"mlp_ratio must be a number > 0, got {type(mlp_ratio).__name__} {mlp_ratio!r}")
+    if not mlp_ratio > 0:
         raise ValueError(f"mlp_ratio must be a number > 0, got {mlp_ratio!r}")
     D = str(embed_dim) if embed_dim is not None else "D"
     hidden = _width(embed_dim * mlp_ratio) if embed_dim is not None else f"{_width(mlp_ratio)}D"
@@ -563,7 +572,8 @@ def ddp_diagram(world_size: int = 2) -> Figure:
         The :class:`~matplotlib.figure.Figure`, 8 inches wide, 0.8 + 1.3 R inches high.
 
     Raises:
-        ValueError: ``world_size`` is not an integer from 2 to 4.
+        TypeError: ``world_size`` is not an integer.
+        ValueError: ``world_size`` is outside 2 to 4.
     """
     W = _check_int("world_size", world_size, 2, 4)
     height = 0.8 + 1.3 * W

@@ -14,6 +14,8 @@ import warnings
 import torch
 from torch import nn
 
+from .utils import check_float_images
+
 with warnings.catch_warnings():  # Captum imports tqdm.auto, which warns in notebooks without ipywidgets
     warnings.filterwarnings("ignore", message="IProgress not found")
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
@@ -22,8 +24,7 @@ __all__ = ["attribution_in_mask", "grad_cam", "integrated_gradients", "saliency"
 
 
 def _check(images: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
-    if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be float (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    check_float_images(images)
     target = torch.as_tensor(target, device=images.device).long()
     if target.dim() == 0:
         target = target.expand(images.shape[0])
@@ -44,7 +45,8 @@ def saliency(model: nn.Module, images: torch.Tensor, target: torch.Tensor | int)
         float (B, C, H, W), >= 0, on ``images``' device.
 
     Raises:
-        ValueError: ``images`` is not 4-D float, or ``target`` has the wrong shape.
+        TypeError: ``images`` is not a float tensor.
+        ValueError: ``images`` is not 4-D, or ``target`` has the wrong shape.
     """
     target = _check(images, target)
     images = images.detach().clone().requires_grad_(True)  # Captum warns when it has to set this itself
@@ -77,6 +79,7 @@ def integrated_gradients(
         completeness error ``Σ_i IG_i − (z(x) − z(x'))``.
 
     Raises:
+        TypeError: ``images`` is not a float tensor.
         ValueError: bad shapes, or ``n_steps < 1``.
     """
     target = _check(images, target)
@@ -108,6 +111,7 @@ def grad_cam(model: nn.Module, layer: nn.Module, images: torch.Tensor, target: t
         float (B, 1, H, W), >= 0.
 
     Raises:
+        TypeError: ``images`` is not a float tensor.
         ValueError: bad shapes.
     """
     target = _check(images, target)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .boxes import box_iou
 from .data import ImageSplit
+from .device import get_device
 
 __all__ = ["Scenes", "make_scenes"]
 
@@ -90,7 +91,7 @@ def make_scenes(
     size_range: tuple[int, int] = (16, 32),
     max_iou: float = 0.1,
     ink_threshold: int = 96,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     tries: int = 20,
 ) -> Scenes:
     """Scenes of ``min_objects``–``max_objects`` images of ``split`` each, deterministic given ``generator``.
@@ -111,7 +112,8 @@ def make_scenes(
         size_range: (smallest, largest) side of a pasted image, 8 <= smallest <= largest <= S.
         max_iou: largest allowed IoU between two objects' patches, in [0, 1].
         ink_threshold: 0–255; a pixel of an object above it is ink (for boxes and masks).
-        device: where the rendering runs; the result is moved to the CPU.
+        device: where the rendering runs (``None``: :func:`~companion.device.get_device`); the result
+            is moved to the CPU.
         tries: draws per object before it is dropped.
 
     Returns:
@@ -133,6 +135,7 @@ def make_scenes(
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    device = get_device(device)
     N, K, S = num_scenes, max_objects, canvas_size
     count = torch.randint(min_objects, max_objects + 1, (N,), generator=generator)
     sources = torch.randint(0, len(split), (N, K), generator=generator)

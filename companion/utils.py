@@ -1,5 +1,6 @@
-"""Small utilities every layer of the package uses: a model's mode for a block, the one atomic write, and
-the comparison of a from-scratch function with the library's (values and gradients).
+"""Small utilities every layer of the package uses: a model's mode for a block, the one atomic write, the
+one check of an image batch, and the comparison of a from-scratch function with the library's (values
+and gradients).
 
 Nothing here imports another module of the package, so that model code (attention, summaries,
 SimCLR) can use :func:`eval_mode` without depending on the metrics of :mod:`companion.evaluation`,
@@ -19,7 +20,7 @@ from typing import IO
 import torch
 from torch import nn
 
-__all__ = ["assert_same_values_and_grads", "atomic_write", "eval_mode", "value_and_grad_gaps"]
+__all__ = ["assert_same_values_and_grads", "atomic_write", "check_float_images", "eval_mode", "value_and_grad_gaps"]
 
 
 @contextlib.contextmanager
@@ -42,6 +43,34 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def check_float_images(images: torch.Tensor, name: str = "images") -> None:
+    """Refuse anything but a float batch of images ``(B, C, H, W)``.
+
+    Args:
+        images: the batch to check.
+        name: how the error message names it.
+
+    Raises:
+        TypeError: not a tensor, or a tensor whose dtype is not floating point (for example uint8
+            pixels: convert with ``.float() / 255`` first).
+        ValueError: a float tensor that does not have four dimensions.
+
+    Examples:
+        >>> check_float_images(torch.zeros(2, 1, 28, 28))
+        >>> check_float_images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+        Traceback (most recent call last):
+        ...
+        TypeError: images must be a float tensor (B, C, H, W), got torch.uint8; convert pixels with .float() / 255
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a float tensor (B, C, H, W), got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor (B, C, H, W), got {images.dtype}; "
+                        "convert pixels with .float() / 255")  # fmt: skip
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have four dimensions (B, C, H, W), got shape {tuple(images.shape)}")
 
 
 def _usual_permissions() -> int:

@@ -83,7 +83,7 @@ def test_hand_backprop_errors():
         mlp_forward_backward(x, y, torch.zeros(4, 2), b1, w2, b2)
     with pytest.raises(ValueError, match=r"target \(B,\)"):
         mlp_forward_backward(x, torch.tensor([0]), w1, b1, w2, b2)
-    with pytest.raises(ValueError, match="int64 class indices, got torch.int32"):
+    with pytest.raises(TypeError, match="int64 class indices, got torch.int32"):
         mlp_forward_backward(x, y.int(), w1, b1, w2, b2)
     with pytest.raises(ValueError, match=r"class indices in \[0, 2\)"):
         mlp_forward_backward(x, torch.tensor([0, 2]), w1, b1, w2, b2)

@@ -113,8 +113,10 @@ def test_attribution_in_mask_counts_a_single_map_once_per_mask_channel():
 def test_bad_inputs_are_clear_errors():
     model, _ = _linear_model()
     x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="images must be float"):
+    with pytest.raises(TypeError, match="images must be a float tensor"):
         saliency(model, x.long(), 0)
+    with pytest.raises(ValueError, match="four dimensions"):
+        saliency(model, x[0], 0)
     with pytest.raises(ValueError, match="target must be"):
         saliency(model, x, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="n_steps"):

@@ -177,11 +177,18 @@ def test_conv_channels_diagram_draws_every_map_and_kernel_slice():
 @pytest.mark.parametrize(("kwargs", "match"), [
     (dict(in_channels=0), r"in_channels must be an integer from 1 to 6 \(the figure draws every map\), got 0"),
     (dict(out_channels=4), r"out_channels must be an integer from 1 to 3"),
-    (dict(kernel_size=2.0), r"kernel_size must be an integer from 1 to 7, got 2.0"),
-    (dict(in_channels=True), r"in_channels must be an integer"),
 ])
 def test_conv_channels_diagram_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        conv_channels_diagram(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(kernel_size=2.0), r"kernel_size must be an integer from 1 to 7, got float 2.0"),
+    (dict(in_channels=True), r"in_channels must be an integer from 1 to 6 .*, got bool True"),
+])
+def test_conv_channels_diagram_refuses_non_integers_with_a_type_error(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         conv_channels_diagram(**kwargs)
 
 
@@ -238,9 +245,9 @@ def test_rnn_unrolled_diagram_repeats_the_shared_weights():
     assert any("the same weights at every step" in t for t in text)
 
 
-@pytest.mark.parametrize("steps", [0, 5, 2.5, True])
-def test_rnn_unrolled_diagram_errors(steps):
-    with pytest.raises(ValueError, match=r"steps must be an integer from 1 to 4"):
+@pytest.mark.parametrize(("steps", "error"), [(0, ValueError), (5, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_rnn_unrolled_diagram_errors(steps, error):
+    with pytest.raises(error, match=r"steps must be an integer from 1 to 4"):
         rnn_unrolled_diagram(steps)
 
 
@@ -261,7 +268,7 @@ def test_attention_diagram_with_and_without_mask():
     assert text.count("(M, N)") == 3
     text = labels(attention_diagram(mask=False))
     assert not any("mask" in t for t in text) and text.count("(M, N)") == 2
-    with pytest.raises(ValueError, match=r"mask must be True or False, got 'causal'"):
+    with pytest.raises(TypeError, match=r"mask must be True or False, got 'causal'"):
         attention_diagram(mask="causal")
 
 
@@ -295,7 +302,7 @@ def test_ddp_diagram_one_row_per_process_and_one_all_reduce(world_size):
     assert f"R = {world_size} processes, one global batch of B samples per step" in text
 
 
-@pytest.mark.parametrize("world_size", [1, 5, "2"])
-def test_ddp_diagram_errors(world_size):
-    with pytest.raises(ValueError, match=r"world_size must be an integer from 2 to 4"):
+@pytest.mark.parametrize(("world_size", "error"), [(1, ValueError), (5, ValueError), ("2", TypeError)])
+def test_ddp_diagram_errors(world_size, error):
+    with pytest.raises(error, match=r"world_size must be an integer from 2 to 4"):
         ddp_diagram(world_size)

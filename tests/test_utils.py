@@ -1,13 +1,14 @@
-"""companion.utils: eval_mode and the one atomic write (permissions, failures, modes)."""
+"""companion.utils: eval_mode, the one atomic write (permissions, failures, modes) and the image check."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import torch
 from torch import nn
 
-from companion.utils import atomic_write, eval_mode
+from companion.utils import atomic_write, check_float_images, eval_mode
 
 
 def _usual_mode() -> int:
@@ -79,3 +80,13 @@ def test_value_and_grad_gaps_see_a_wrong_gradient_behind_a_right_value():
         value_and_grad_gaps(a, lambda t: a(t), x)
     with pytest.raises(TypeError, match="returns one tensor"):
         value_and_grad_gaps(lambda t: (t, t), lambda t: t, x)
+
+
+def test_check_float_images_names_the_kind_of_mistake():
+    check_float_images(torch.zeros(2, 3, 4, 4, dtype=torch.float16))  # any float dtype
+    with pytest.raises(TypeError, match=r"pixels must be a float tensor .*torch.uint8; convert pixels"):
+        check_float_images(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), name="pixels")
+    with pytest.raises(TypeError, match="got ndarray"):
+        check_float_images(torch.zeros(2, 3, 4, 4).numpy())
+    with pytest.raises(ValueError, match=r"four dimensions \(B, C, H, W\), got shape \(3, 4, 4\)"):
+        check_float_images(torch.zeros(3, 4, 4))
