@@ -4,6 +4,8 @@ Every function here runs the model in ``eval()`` mode under :func:`torch.inferen
 :func:`companion.utils.eval_mode`, which puts the model's previous mode back afterwards — also when the model or
 the loader raises. Tensors that leave this module are on the CPU. Explained in the chapter
 "MNIST in practice" (:func:`calibration` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning".
+The two summaries of a result's uncertainty are here too: :func:`wilson_interval` for one accuracy
+on a finite test set, :func:`mean_std` for a result repeated over seeds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "evaluate",
     "expected_calibration_error",
     "extract_features",
+    "mean_std",
     "predict",
     "wilson_interval",
 ]
@@ -238,3 +241,33 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (divisor n - 1) of a result repeated over seeds.
+
+    What the chapters report as "mean ± sd over the seeds": the spread between training runs,
+    not the sampling noise of the test set (for that, :func:`wilson_interval`). Equal to
+    ``statistics.mean`` and ``statistics.stdev`` (tested).
+
+    Args:
+        values: n >= 1 numbers (floats, ints, or 0-d tensors), in any unit.
+
+    Returns:
+        ``(mean, sd)`` as floats in the unit of ``values``; ``sd`` is ``nan`` when n = 1
+        (one run says nothing about the spread).
+
+    Raises:
+        ValueError: no values.
+
+    Examples:
+        >>> mean_std([0.97, 0.98, 0.99])
+        (0.98, 0.010000000000000009)
+        >>> mean_std([5.0])
+        (5.0, nan)
+    """
+    data = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if data.numel() == 0:
+        raise ValueError("mean_std needs at least one value, got none")
+    sd = data.std().item() if data.numel() > 1 else math.nan
+    return data.mean().item(), sd

@@ -1,6 +1,8 @@
-"""What a network is made of: a layer-by-layer table, and the receptive field of each layer.
+"""What a network is made of and what it costs: a layer-by-layer table, the receptive field of each
+layer, and its inference throughput.
 
-Chapter "Convolutional networks" uses both on SeedCNN.
+Chapter "Convolutional networks" uses the first two on SeedCNN; "Modern CNNs" and "Pretrained models"
+measure throughput with :func:`images_per_second`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .device import Timer
 from .utils import eval_mode
 
-__all__ = ["LayerInfo", "ReceptiveField", "count_parameters", "layer_table", "receptive_fields"]
+__all__ = ["LayerInfo", "ReceptiveField", "count_parameters", "images_per_second", "layer_table", "receptive_fields"]
 
 
 def count_parameters(module: nn.Module | Iterable[torch.Tensor], trainable_only: bool = False) -> int:
@@ -160,3 +163,44 @@ def receptive_fields(layers: Sequence[nn.Module]) -> list[ReceptiveField]:
         size, start, jump = size + d * (k - 1) * jump, start - p * jump, jump * s
         fields.append(ReceptiveField(size=size, jump=jump, start=start))
     return fields
+
+
+def images_per_second(
+    model: nn.Module, inputs: torch.Tensor, repeats: int = 5, autocast_dtype: torch.dtype | None = None
+) -> float:
+    """Inference throughput of ``model`` on the batch ``inputs``: the best of ``repeats`` timed passes.
+
+    One untimed pass first (warm-up: memory allocation, kernel selection), then ``repeats`` passes,
+    each timed with :class:`~companion.device.Timer` (which waits for the GPU); the fastest one counts,
+    because slower ones measure interruptions, not the model. The model runs in ``eval()`` mode under
+    :func:`torch.no_grad` (its mode is put back afterwards). The memory layout is that of ``inputs``
+    and the model: convert both with ``memory_format=torch.channels_last`` to time that layout.
+
+    Args:
+        model: on the device of ``inputs``.
+        inputs: one batch (B, ...), B >= 1, on the model's device; its layout is kept.
+        repeats: timed passes, >= 1.
+        autocast_dtype: run under ``torch.autocast`` with this dtype (``torch.bfloat16``; float16 on a
+            GPU), or ``None`` for the model's own precision.
+
+    Returns:
+        Images per second, B divided by the fastest pass's seconds (> 0).
+
+    Raises:
+        ValueError: ``repeats < 1`` or an empty batch.
+        TypeError: ``inputs`` is not a tensor.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a tensor (B, ...), got {type(inputs).__name__}")
+    if repeats < 1 or inputs.dim() == 0 or inputs.shape[0] < 1:
+        raise ValueError(f"need repeats >= 1 and a batch of >= 1 inputs, got repeats={repeats}, shape {tuple(inputs.shape)}")
+    device = inputs.device
+    amp = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    seconds = []
+    with eval_mode(model), torch.no_grad(), amp:
+        model(inputs)  # warm-up
+        for _ in range(repeats):
+            with Timer(device) as timer:
+                model(inputs)
+            seconds.append(timer.seconds)
+    return inputs.shape[0] / min(seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from companion.evaluation import calibration, expected_calibration_error, wilson_interval
+from companion.evaluation import calibration, expected_calibration_error, mean_std, wilson_interval
 
 torchmetrics = pytest.importorskip("torchmetrics")
 from torchmetrics.functional.classification import multiclass_calibration_error  # noqa: E402
@@ -81,3 +81,19 @@ def test_wilson_interval_by_hand_and_errors():
         wilson_interval(0, 0)
     with pytest.raises(ValueError, match="confidence must be in"):
         wilson_interval(1, 2, confidence=1.0)
+
+
+@pytest.mark.parametrize("values", [[0.97, 0.98, 0.99], [1, 2, 4, 8], [0.5, 0.5]])
+def test_mean_std_equals_the_statistics_module(values):
+    import statistics
+
+    mean, sd = mean_std(values)
+    assert mean == pytest.approx(statistics.mean(values), rel=1e-12)
+    assert sd == pytest.approx(statistics.stdev(values), rel=1e-12, abs=1e-15)
+
+
+def test_mean_std_of_one_run_has_no_spread_and_of_none_refuses():
+    mean, sd = mean_std([torch.tensor(0.25)])  # 0-d tensors are numbers too
+    assert mean == 0.25 and sd != sd  # nan
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_std([])

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from companion.cnn import BatchNormCNN, SeedCNN
-from companion.summary import ReceptiveField, layer_table, receptive_fields
+from companion.summary import ReceptiveField, images_per_second, layer_table, receptive_fields
 
 
 def test_seed_cnn_table_by_hand():
@@ -79,3 +79,41 @@ def test_box_arithmetic():
 def test_receptive_fields_errors(layers, match):
     with pytest.raises(ValueError, match=match):
         receptive_fields(layers)
+
+
+class _Sleeper(nn.Module):
+    """Takes at least ``seconds`` per call; records its mode, grad mode and the dtype its layer computes in."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.calls, self.linear = seconds, [], nn.Linear(4, 2)
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.seconds)
+        out = self.linear(x)
+        self.calls.append((self.training, torch.is_grad_enabled(), out.dtype))
+        return out
+
+
+def test_images_per_second_is_the_best_pass_after_a_warm_up():
+    model = _Sleeper(0.05).train()
+    rate = images_per_second(model, torch.zeros(10, 4), repeats=3)
+    # every pass sleeps >= 0.05 s, so at most 10 / 0.05 = 200 images/s; a pass over 0.25 s would be an
+    # interruption in each of the three passes
+    assert 40 < rate <= 200
+    assert model.calls == [(False, False, torch.float32)] * 4  # warm-up + 3, in eval mode, without grad
+    assert model.training  # mode put back
+
+
+def test_images_per_second_under_autocast_and_its_errors():
+    model = _Sleeper(0.0)
+    images_per_second(model, torch.zeros(2, 4), repeats=1, autocast_dtype=torch.bfloat16)
+    assert {dtype for *_, dtype in model.calls} == {torch.bfloat16}  # the linear layer ran in bfloat16
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        images_per_second(model, torch.zeros(2, 4), repeats=0)
+    with pytest.raises(ValueError, match=r"shape \(0, 4\)"):
+        images_per_second(model, torch.zeros(0, 4))
+    with pytest.raises(TypeError, match="got list"):
+        images_per_second(model, [1.0, 2.0])
