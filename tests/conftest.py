@@ -17,6 +17,7 @@ import torch
 
 from companion.data import DATA_DIR_ENV, ImageSplit, data_root, load_dataset
 from companion.device import DEVICE_ENV
+from companion.utils import assert_same_values_and_grads
 
 # Captured at import, before the autouse fixture below removes the variable from each test's environment.
 _DATA_DIR = data_root()
@@ -111,6 +112,12 @@ class Precision:
 
     def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, **kwargs) -> None:
         torch.testing.assert_close(actual, expected, rtol=self.rtol, atol=self.atol, **kwargs)
+
+    def assert_same_values_and_grads(self, ours, theirs, *inputs: torch.Tensor, seed: int = 0) -> None:
+        """:func:`companion.utils.assert_same_values_and_grads` with the inputs on this device and dtype,
+        compared with this precision's tolerances."""
+        moved = [t.to(self.device, self.dtype) for t in inputs]
+        assert_same_values_and_grads(ours, theirs, *moved, seed=seed, assert_close=self.assert_close)
 
 
 _TOLERANCES = {("cpu", torch.float64): (1e-7, 1e-10), ("cpu", torch.float32): (1e-4, 1e-5),

@@ -27,14 +27,6 @@ def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
 
 
-def assert_same(ours, theirs, *inputs, precision=None):
-    """Equal values and gradients; on ``precision``'s device and dtype, with its tolerances, if given."""
-    if precision is None:
-        return assert_same_values_and_grads(ours, theirs, *inputs, seed=42)
-    inputs = [t.to(precision.device, precision.dtype) for t in inputs]
-    assert_same_values_and_grads(ours, theirs, *inputs, seed=42, assert_close=precision.assert_close)
-
-
 # --- scaled dot-product ------------------------------------------------------------------------------------
 
 
@@ -51,15 +43,15 @@ def test_sdpa_equals_pytorch(mask_kind, precision):
             "batched bool": bool_mask(5, 6).expand(2, 1, 5, 6)}[mask_kind]  # fmt: skip
     if mask is not None:
         mask = mask.to(precision.device, precision.dtype if mask.is_floating_point() else torch.bool)
-    assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v,
-                precision=precision)  # fmt: skip
+    precision.assert_same_values_and_grads(
+        lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), q, k, v, seed=42)  # fmt: skip
 
 
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_sdpa_scale_equals_pytorch(scale):
     q, k, v = rand(2, 5, 4), rand(2, 6, 4, seed=1), rand(2, 6, 3, seed=2)
-    assert_same(lambda q, k, v: scaled_dot_product_attention(q, k, v, scale=scale),
+    assert_same_values_and_grads(lambda q, k, v: scaled_dot_product_attention(q, k, v, scale=scale),
                 lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=scale), q, k, v)  # fmt: skip
 
 
@@ -81,7 +73,7 @@ def test_sdpa_weights_are_the_softmax_of_scaled_scores_by_hand():
 
 def test_sdpa_causal_equals_pytorch_and_ignores_later_tokens():
     x = rand(2, 6, 4)
-    assert_same(lambda x: scaled_dot_product_attention(x, x, x, is_causal=True),
+    assert_same_values_and_grads(lambda x: scaled_dot_product_attention(x, x, x, is_causal=True),
                 lambda x: F.scaled_dot_product_attention(x, x, x, is_causal=True), x)  # fmt: skip
     changed = x.clone()
     changed[:, 4:] = rand(2, 2, 4, seed=9)  # change tokens 4 and 5
@@ -175,7 +167,7 @@ def test_multi_head_attention_equals_pytorch(batch_first, masks):
         out_b, w_b = reference(q, kv, kv, average_attn_weights=average, **kwargs)
         torch.testing.assert_close(out_a, out_b)
         torch.testing.assert_close(w_a, w_b)
-    assert_same(lambda q, kv: ours(q, kv, kv, **kwargs)[0], lambda q, kv: reference(q, kv, kv, **kwargs)[0], q, kv)
+    assert_same_values_and_grads(lambda q, kv: ours(q, kv, kv, **kwargs)[0], lambda q, kv: reference(q, kv, kv, **kwargs)[0], q, kv)
     out_a, _ = ours(q, kv, kv, **kwargs)
     (out_a**2).sum().backward()
     out_b, _ = reference(q, kv, kv, **kwargs)
@@ -395,7 +387,7 @@ def test_vision_transformer_equals_torchvisions_with_copied_weights():
         ours.norm.eps = theirs.encoder.ln.eps
         ours.head.load_state_dict(theirs.heads.head.state_dict())
     x = torch.randn(3, 3, 28, 28, dtype=torch.float64)
-    assert_same(lambda t: ours(t), lambda t: theirs(t), x)  # values and input gradients, float64
+    assert_same_values_and_grads(lambda t: ours(t), lambda t: theirs(t), x)  # values and input gradients, float64
     ours(x).square().sum().backward()
     theirs(x).square().sum().backward()
     torch.testing.assert_close(ours.pos_embed.grad, theirs.encoder.pos_embedding.grad)

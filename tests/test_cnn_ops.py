@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.cnn import avg_pool2d, conv2d, conv_output_size, convolve2d, cross_correlate2d, max_pool2d
-from companion.utils import assert_same_values_and_grads as same_values_and_grads
+from companion.utils import assert_same_values_and_grads
 
 D = torch.float64
 
@@ -19,18 +19,6 @@ D = torch.float64
 def rand(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g, dtype=D)
-
-
-def assert_same_values_and_grads(ours, theirs, *inputs, precision=None):
-    """ours(*inputs) == theirs(*inputs), and so are the gradients (:func:`companion.utils.assert_same_values_and_grads`).
-
-    With a ``precision`` (the conftest fixture), the inputs move to its device and dtype and its
-    tolerances apply; without, float64 on the CPU with torch's default tolerances.
-    """
-    if precision is None:
-        return same_values_and_grads(ours, theirs, *inputs, seed=99)
-    inputs = [t.to(precision.device, precision.dtype) for t in inputs]
-    same_values_and_grads(ours, theirs, *inputs, seed=99, assert_close=precision.assert_close)
 
 
 # --- output size -------------------------------------------------------------------------------------------
@@ -112,9 +100,8 @@ CONV_SETTINGS = [
 def test_conv2d_equals_pytorch(settings, kernel, precision):
     groups = settings.get("groups", 1)
     x, w, b = rand(3, 4, 11, 9), rand(8, 4 // groups, *kernel, seed=1), rand(8, seed=2)
-    assert_same_values_and_grads(
-        lambda x, w, b: conv2d(x, w, b, **settings), lambda x, w, b: F.conv2d(x, w, b, **settings), x, w, b,
-        precision=precision,
+    precision.assert_same_values_and_grads(
+        lambda x, w, b: conv2d(x, w, b, **settings), lambda x, w, b: F.conv2d(x, w, b, **settings), x, w, b, seed=99
     )  # fmt: skip
 
 
@@ -168,8 +155,8 @@ POOL_SETTINGS = [
 @pytest.mark.parametrize("settings", POOL_SETTINGS, ids=str)
 def test_max_pool2d_values_indices_and_gradients_equal_pytorch(settings, precision):
     x = rand(2, 3, 9, 11)
-    assert_same_values_and_grads(lambda x: max_pool2d(x, **settings), lambda x: F.max_pool2d(x, **settings), x,
-                                 precision=precision)  # fmt: skip
+    precision.assert_same_values_and_grads(lambda x: max_pool2d(x, **settings), lambda x: F.max_pool2d(x, **settings),
+                                           x, seed=99)  # fmt: skip
     x = x.to(precision.device, precision.dtype)
     _, ours = max_pool2d(x, return_indices=True, **settings)
     _, theirs = F.max_pool2d(x, return_indices=True, **settings)
@@ -178,8 +165,8 @@ def test_max_pool2d_values_indices_and_gradients_equal_pytorch(settings, precisi
 
 @pytest.mark.parametrize("settings", POOL_SETTINGS, ids=str)
 def test_avg_pool2d_values_and_gradients_equal_pytorch(settings, precision):
-    assert_same_values_and_grads(lambda x: avg_pool2d(x, **settings), lambda x: F.avg_pool2d(x, **settings),
-                                 rand(2, 3, 9, 11), precision=precision)  # fmt: skip
+    precision.assert_same_values_and_grads(lambda x: avg_pool2d(x, **settings), lambda x: F.avg_pool2d(x, **settings),
+                                           rand(2, 3, 9, 11), seed=99)  # fmt: skip
 
 
 def test_max_pool2d_ties_go_to_the_first_element_like_pytorch():
