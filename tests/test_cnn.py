@@ -65,10 +65,15 @@ def test_batchnorm_cnn_default_parameter_count():
 
 @pytest.mark.parametrize("model_class", [SeedCNN, BatchNormCNN])
 @pytest.mark.parametrize("num_classes", [10, 7])
-def test_output_shape(model_class, num_classes):
+def test_output_is_the_linear_head_of_the_flattened_features(model_class, num_classes):
     model = model_class(num_classes=num_classes).eval()
-    assert model(torch.randn(3, 1, 28, 28)).shape == (3, num_classes)
-    assert model(torch.randn(1, 1, 28, 28)).shape == (1, num_classes)
+    x = torch.randn(3, 1, 28, 28)
+    features = model.forward_features(x).flatten(1)
+    head = model.fc2 if model_class is SeedCNN else model.fc  # the last linear layer
+    expected = torch.nn.functional.linear(features, head.weight, head.bias)  # the reference
+    torch.testing.assert_close(model(x), expected)
+    assert model(x).shape == (3, num_classes) and model(x[:1]).shape == (1, num_classes)
+    torch.testing.assert_close(model(x[:1]), model(x)[:1])  # in eval mode, images do not interact
 
 
 @pytest.mark.parametrize("model_class", [SeedCNN, BatchNormCNN])

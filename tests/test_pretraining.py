@@ -15,7 +15,7 @@ from companion.augment import cutout, random_affine
 from companion.data import DeviceLoader, balanced_subset
 from companion.evaluation import extract_features
 from companion.finetune import find_head, freeze, param_groups, replace_head, unfreeze
-from companion.simclr import nt_xent_loss, pretrain_simclr
+from companion.simclr import SimCLR, nt_xent_loss, pretrain_simclr
 from companion.train import NonFiniteLossError
 from companion.summary import count_parameters
 
@@ -194,6 +194,37 @@ def test_pretrain_simclr_lowers_the_contrastive_loss_on_a_small_batch_set():
     assert not torch.equal(start["conv1.weight"], model.state_dict()["conv1.weight"])
     with pytest.raises(ValueError, match="epochs"):
         pretrain_simclr(model, loader, epochs=0, device="cpu")
+
+
+def test_pretrain_simclr_one_step_equals_a_hand_written_sgd_step():
+    """The reference: SimCLR's two views (one seeded generator, view 1 then view 2), the NT-Xent loss of
+    their projections, one SGD step on every parameter that has a gradient, batch norms in training mode."""
+    import copy
+
+    torch.manual_seed(0)
+    x = nn.functional.interpolate(torch.randn(8, 1, 4, 4), size=28, mode="bilinear")
+    backbone = BatchNormCNN(channels=(4, 8))
+    by_hand, initial = copy.deepcopy(backbone), backbone.conv1.weight.detach().clone()
+    loader = DeviceLoader(x, torch.zeros(8, dtype=torch.long), 8, shuffle=False, device="cpu")
+    torch.manual_seed(1)  # the projection head's initial weights
+    pretrain_simclr(backbone, loader, epochs=1, device="cpu", optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                    progress=False)  # fmt: skip
+
+    batch, _ = next(iter(loader))
+    with torch.no_grad():
+        feature_size = by_hand.eval().forward_features(batch).flatten(1).shape[1]
+    torch.manual_seed(1)
+    model = SimCLR(by_hand, feature_size).train()
+    z = model(model.views(batch))
+    nt_xent_loss(z[:8], z[8:], model.temperature).backward()
+    with torch.no_grad():
+        for parameter in by_hand.parameters():
+            if parameter.grad is not None:
+                parameter -= 0.1 * parameter.grad
+    assert by_hand.conv1.weight.grad is not None and by_hand.fc.weight.grad is None  # the classifier is unused
+    for (name, ours), expected in zip(backbone.state_dict().items(), by_hand.state_dict().values(), strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(backbone.conv1.weight, initial)  # the step moved the weights
 
 
 def test_pretrain_simclr_restores_the_mode_and_names_its_input_errors():
