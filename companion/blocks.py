@@ -28,6 +28,7 @@ __all__ = [
     "ResidualBlock",
     "conv_bn_relu",
     "depthwise_conv2d",
+    "pad_tf_same",
     "tf_same_padding",
 ]
 
@@ -219,6 +220,33 @@ def tf_same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]
     return total // 2, total - total // 2
 
 
+def pad_tf_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """Zero-pad a batch of images (..., H, W) as TensorFlow's ``"SAME"`` does before a convolution.
+
+    :func:`tf_same_padding` along each axis, from the input's own height and width (so every input
+    size gets its own padding, as in TensorFlow).
+
+    Args:
+        x: (..., H, W), any dtype.
+        kernel_size, stride: the following convolution's, >= 1, the same on both axes.
+
+    Returns:
+        (..., H + top + bottom, W + left + right), zeros around ``x``.
+
+    Raises:
+        ValueError: an argument < 1, or ``x`` with fewer than two dimensions.
+
+    Examples:
+        >>> pad_tf_same(torch.ones(1, 1, 4, 4), 3, 2).shape  # (0, 1) on each axis
+        torch.Size([1, 1, 5, 5])
+    """
+    if x.dim() < 2:
+        raise ValueError(f"x must be (..., H, W), got shape {tuple(x.shape)}")
+    top, bottom = tf_same_padding(x.shape[-2], kernel_size, stride)
+    left, right = tf_same_padding(x.shape[-1], kernel_size, stride)
+    return F.pad(x, (left, right, top, bottom))
+
+
 def _like_batch_norm(bn: nn.BatchNorm2d) -> NormLayer:
     def build(num_features: int) -> nn.BatchNorm2d:
         return nn.BatchNorm2d(num_features, eps=bn.eps, momentum=bn.momentum)
@@ -284,9 +312,7 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x if self.expand is None else self.expand(x)  # (B, t·C_in, H, W)
         if self.padding == "tf-same":
-            top, bottom = tf_same_padding(out.shape[-2], self.kernel_size, self.stride)
-            left, right = tf_same_padding(out.shape[-1], self.kernel_size, self.stride)
-            out = F.pad(out, (left, right, top, bottom))
+            out = pad_tf_same(out, self.kernel_size, self.stride)
         out = self.depthwise(out)  # (B, t·C_in, H / s, W / s)
         out = self.project(out)  # (B, C_out, H / s, W / s), linear: no activation
         return x + out if self.use_residual else out

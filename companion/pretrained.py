@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import InvertedResidual, tf_same_padding
+from .blocks import InvertedResidual, pad_tf_same
 
 __all__ = [
     "LITE0_STAGES",
@@ -151,9 +151,7 @@ class EfficientNetLite0(nn.Module):
         """(B, 3, H, W) → the pooled 1280-dimensional features (B, 1280), before dropout."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"EfficientNetLite0 expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
-        top, bottom = tf_same_padding(x.shape[-2], 3, 2)
-        left, right = tf_same_padding(x.shape[-1], 3, 2)
-        x = self.stem(F.pad(x, (left, right, top, bottom)))  # (B, 32, H/2, W/2)
+        x = self.stem(pad_tf_same(x, 3, 2))  # (B, 32, H/2, W/2)
         x = self.head(self.blocks(x))  # (B, 1280, H/32, W/32)
         return torch.flatten(self.pool(x), 1)  # (B, 1280)
 

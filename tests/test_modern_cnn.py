@@ -20,6 +20,7 @@ from companion.blocks import (
     MBConv,
     ResidualBlock,
     depthwise_conv2d,
+    pad_tf_same,
     tf_same_padding,
 )
 from companion.modern_cnn import DeepCNN, EfficientCNN
@@ -386,3 +387,15 @@ def test_efficient_cnn_block_kinds_cost_what_their_formulas_say():
     net = EfficientCNN("mbconv", widths=(8, 8, 8), blocks_per_stage=1)
     assert isinstance(net.blocks[0], InvertedResidual) and net.blocks[0].use_residual
     assert copy.deepcopy(net)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_pad_tf_same_pads_each_axis_by_its_own_size_and_refuses_a_vector():
+    x = torch.arange(4 * 5, dtype=D).reshape(1, 1, 4, 5)
+    padded = pad_tf_same(x, 3, 2)  # H = 4: (0, 1); W = 5: (1, 1), by hand
+    assert padded.shape == (1, 1, 5, 7)
+    torch.testing.assert_close(padded[..., :4, 1:6], x)
+    assert padded[..., 4, :].abs().sum() == 0 and padded[..., :, 0].abs().sum() == 0 and padded[..., :, 6].abs().sum() == 0
+    # TensorFlow's output size, ceil(size / stride), after a valid convolution of the padded input
+    assert F.conv2d(padded, torch.ones(1, 1, 3, 3, dtype=D), stride=2).shape[-2:] == (2, 3)
+    with pytest.raises(ValueError, match=r"\(\.\.\., H, W\)"):
+        pad_tf_same(torch.zeros(5), 3, 2)
