@@ -264,9 +264,11 @@ class InvertedResidual(nn.Module):
     project 1×1 (→ C_out) → norm``, plus the input when ``stride == 1`` and ``C_in == C_out``.
     "Inverted": the block is narrow at its ends and wide (``expand_ratio`` t) in the middle, the
     opposite of ResNet's bottleneck; "linear bottleneck": no activation after the projection.
-    With t = 1 there is no expansion layer. EfficientNet's MBConv (Tan & Le, 2019) adds
-    squeeze-and-excitation and the SiLU activation; EfficientNet-Lite removes both again, which
-    makes its blocks exactly these with kernel sizes 3 and 5.
+    With t = 1 there is no expansion layer. MnasNet (Tan et al., 2019), which named the block
+    MBConv, already added squeeze-and-excitation to some blocks; EfficientNet (Tan & Le, 2019) uses
+    it and the SiLU activation in every block (its own contribution is compound scaling);
+    EfficientNet-Lite removes both again, which makes its blocks exactly these with kernel sizes 3
+    and 5.
 
     Submodules ``expand`` (``None`` when t = 1), ``depthwise`` and ``project`` are
     ``nn.Sequential(conv, norm[, activation])``.
