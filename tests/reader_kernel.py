@@ -4,12 +4,14 @@ Usage: python reader_kernel.py CHAPTERS_DIR WHOLE_CHAPTER
 
 For every chapter notebook, runs its cells in a fresh kernel of this environment up to and
 including the first cell that loads data (the whole notebook if none does, or if it is
-WHOLE_CHAPTER), and prints one JSON line per chapter: name, cells run, seconds, error (or null).
-Exits 1 if any chapter failed.
+WHOLE_CHAPTER), then one more cell holding every import statement of the cells it did not run
+(so a package that only a late cell imports is checked too), and prints one JSON line per
+chapter: name, cells run, imports checked, seconds, error (or null). Exits 1 if any chapter failed.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import sys
@@ -19,7 +21,8 @@ from pathlib import Path
 import nbclient
 import nbformat
 
-LOADS = re.compile(r"\b(load_mnist|load_fashion_mnist|load_dataset|run_recipe)\(")
+#: A data load: a call of one of these, or the function passed on (``datasets(companion.load_mnist)``).
+LOADS = re.compile(r"\b(load_mnist|load_fashion_mnist|load_dataset|run_recipe)\b")
 PROBE = (
     "import importlib.util, json, sys\n"
     "print(json.dumps({'prefix': sys.prefix, 'myst_nb': importlib.util.find_spec('myst_nb') is not None}))"
@@ -36,10 +39,27 @@ def cells_to_run(notebook: nbformat.NotebookNode, whole: bool) -> int:
     return len(notebook.cells)
 
 
+def imports_of(cells: list) -> list[str]:
+    """The top-level ``import`` / ``from ... import`` statements of ``cells``' code, one string each."""
+    statements = []
+    for cell in cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:  # a cell with IPython syntax (magics): its imports are not collected
+            continue
+        statements += [ast.unparse(node) for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    return list(dict.fromkeys(statements))
+
+
 def run(path: Path, whole: bool) -> dict:
     notebook = nbformat.read(path, as_version=4)
     count = cells_to_run(notebook, whole)
+    later_imports = imports_of(notebook.cells[count:])
     notebook.cells = [nbformat.v4.new_code_cell(PROBE)] + notebook.cells[:count]
+    if later_imports:
+        notebook.cells.append(nbformat.v4.new_code_cell("\n".join(later_imports)))
     started = time.perf_counter()
     client = nbclient.NotebookClient(
         notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
@@ -50,7 +70,8 @@ def run(path: Path, whole: bool) -> dict:
     except Exception as err:  # report the first line of any failure, then go on with the next chapter
         error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
     probe = json.loads(notebook.cells[0].outputs[0]["text"]) if notebook.cells[0].get("outputs") else {}
-    return {"chapter": path.name, "cells": count, "seconds": round(time.perf_counter() - started, 1),
+    return {"chapter": path.name, "cells": count, "later_imports": len(later_imports),
+            "seconds": round(time.perf_counter() - started, 1),
             "error": error, "kernel_prefix": probe.get("prefix"), "myst_nb": probe.get("myst_nb")}  # fmt: skip
 
 

@@ -150,3 +150,29 @@ def test_the_check_catches_a_refusing_load():
     # A cell that would fail in a reader's empty data folder, next to one that would not.
     code = "train = companion.load_mnist(train=True)\nx = companion.run_recipe(c(1), download=True)"
     assert _refusing_loads(code) == ["load_mnist(train=True)"]
+
+
+def test_the_reader_kernel_test_stops_each_chapter_at_its_first_data_load_and_imports_the_rest():
+    """What tests/test_reader_kernel.py runs of each chapter (its harness, tests/reader_kernel.py)."""
+    import nbformat
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reader_kernel
+
+    for path in CHAPTERS:
+        notebook = nbformat.read(path, as_version=4)
+        count = reader_kernel.cells_to_run(notebook, whole=False)
+        code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+        if reader_kernel.LOADS.search(code):  # stops at the first cell that loads data, which it runs
+            assert reader_kernel.LOADS.search(notebook.cells[count - 1].source), path.name
+            assert not any(reader_kernel.LOADS.search(c.source) for c in notebook.cells[: count - 1]
+                           if c.cell_type == "code"), path.name  # fmt: skip
+        else:
+            assert count == len(notebook.cells), path.name
+        # every import of the cells it does not run is still run, each statement as the chapter wrote it
+        later = reader_kernel.imports_of(notebook.cells[count:])
+        assert all(re.match(r"(import|from) \S", statement) for statement in later), later
+    modern = nbformat.read(ROOT / "chapters" / "modern_cnns.ipynb", as_version=4)
+    assert reader_kernel.cells_to_run(modern, whole=False) < len(modern.cells)  # datasets(companion.load_mnist)
+    cell = nbformat.v4.new_code_cell("import os\nfrom pathlib import (\n    Path,\n)\nx = 1\nif x:\n    import json")
+    assert reader_kernel.imports_of([cell]) == ["import os", "from pathlib import Path"]  # top level only

@@ -11,7 +11,8 @@ Then it checks, in that environment:
 
 - an interrupted download leaves no file under a dataset's name;
 - every chapter runs from its first cell through its first data load, and one chapter
-  (``WHOLE_CHAPTER``) runs to its end;
+  (``WHOLE_CHAPTER``) runs to its end; every import statement of the cells after the first data load
+  runs too (a package that only a late cell imports is caught);
 - the kernels were the environment's, without myst-nb, and the data came from the mirror.
 
 It fails if a chapter imports a build-only package, if a load refuses to download, or if a
@@ -37,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from companion.data import RAW_SHA256
+from companion.utils import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -178,6 +180,8 @@ def test_reader_environment(reader):
     result = _run([python, ROOT / "tests" / "reader_kernel.py", ROOT / "chapters", WHOLE_CHAPTER], env, timeout=1800,
                   cwd=reader["base"])  # fmt: skip
     runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    with atomic_write(ROOT / "_build" / "reader-kernel.json", "w") as record:  # seconds per chapter, for the log
+        json.dump(runs, record, indent=1)
     assert {r["chapter"] for r in runs} == {p.name for p in (ROOT / "chapters").glob("*.ipynb")}, result.stderr[-3000:]
     failures = [r for r in runs if r["error"]]
     assert not failures, f"chapters failed in a reader's kernel: {failures}\n{result.stderr[-3000:]}"
