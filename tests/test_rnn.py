@@ -70,9 +70,15 @@ def test_sequences_equal_pytorch(ours, theirs, batch_first, num_layers, with_sta
 @pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
 def test_initial_state_follows_the_input_dtype_and_device(cls):
     model = cls(3, 4, num_layers=2).double()
-    out, state = model(torch.randn(5, 2, 3, dtype=D))
+    x = torch.randn(5, 2, 3, dtype=D)
+    out, state = model(x)
     assert out.dtype == D and all(s.dtype == D for s in flat(state))
     assert all(s.shape == (2, 2, 4) for s in flat(state))
+    zeros = torch.zeros(2, 2, 4, dtype=D)  # the reference: PyTorch's documented default state, zeros
+    out_given, state_given = model(x, (zeros, zeros) if cls is LSTM else zeros)
+    torch.testing.assert_close(out, out_given)
+    for ours, given in zip(flat(state), flat(state_given), strict=True):
+        torch.testing.assert_close(ours, given)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -161,7 +167,10 @@ def test_row_classifier_reads_rows_in_order_and_checks_shapes():
 
 def test_row_classifier_accepts_pytorch_modules():
     model = RowClassifier(nn.LSTM(28, 8, batch_first=True))
-    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    images = torch.randn(2, 1, 28, 28)
+    _, (h_n, _) = model.rnn(images[:, 0])  # the reference: the head on PyTorch's last hidden state
+    torch.testing.assert_close(model(images), model.head(h_n[-1]))
+    assert model(images).shape == (2, 10)
 
 
 def test_lstm_cell_returns_its_gates_on_request():
