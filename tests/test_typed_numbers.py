@@ -123,6 +123,7 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
     ],
     "ablation": [
         ("95 %", "threshold: the level of the paired t-test"),
+        ("5 %", "threshold: the level of each paired t-test, and Bonferroni's family-wise level"),
         ("60,000", "sourced fact: MNIST's training images"),
         ("0", "name: the seed of the reliability diagram"),
         ("1", "definition: the largest confidence"),
