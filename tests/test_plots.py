@@ -293,6 +293,16 @@ def test_transformer_block_diagram_errors(kwargs, match):
         transformer_block_diagram(**kwargs)
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(mlp_ratio="4"), r"mlp_ratio must be a number > 0, got str '4'"),
+    (dict(mlp_ratio=True), r"mlp_ratio must be a number > 0, got bool True"),
+    (dict(embed_dim=64.0), r"embed_dim must be an integer .*, got float 64.0"),
+])
+def test_transformer_block_diagram_refuses_wrong_types_with_a_type_error(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        transformer_block_diagram(**kwargs)
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ddp_diagram_one_row_per_process_and_one_all_reduce(world_size):
     text = labels(ddp_diagram(world_size))
