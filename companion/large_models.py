@@ -147,7 +147,8 @@ class SavedTensorMeter:
     lives in once (several views of one storage count once: the storage is what stays in
     memory) and stops counting it when autograd releases it. Storages of the tensors in
     ``exclude`` (the model's parameters: a linear layer saves its weight) are not counted, so
-    the result is the activation memory. Gradients, the optimizer and temporaries that are not
+    the result is the activation memory. Run ``backward()`` inside the context too, to count
+    what checkpointing recomputes (the hooks apply only inside it). Gradients, the optimizer and temporaries that are not
     saved are not counted: this is the part of a step's memory that grows with the batch.
 
     Args:

@@ -157,7 +157,7 @@ def test_saved_bytes_grow_linearly_with_the_batch():
     counts = []
     for batch in (1, 2, 8):
         with SavedTensorMeter(net.parameters()) as meter:
-            net(torch.randn(batch, 10))
+            out = net(torch.randn(batch, 10))
         counts.append(meter.peak_bytes)
     assert counts[1] == 2 * counts[0] and counts[2] == 8 * counts[0]
 
@@ -167,13 +167,14 @@ def test_checkpointing_keeps_only_the_segment_inputs():
     net = nn.Sequential(*[nn.Sequential(nn.Linear(16, 16), nn.GELU()) for _ in range(4)])
     x = torch.randn(8, 16)
     with SavedTensorMeter(net.parameters()) as plain:
-        net(x)
+        kept = net(x)  # the graph (and what it saved) lives as long as its output
     with SavedTensorMeter(net.parameters()) as segmented:
         out = checkpoint_sequential(net, 4, x)
+        after_forward = segmented.saved_bytes
+        out.sum().backward()  # inside the meter: the recomputation is counted
     row = 8 * 16 * 4
     assert plain.saved_bytes == 8 * row  # each block: linear's input, GELU's input (the linear's output)
-    assert segmented.saved_bytes == 3 * row + 2 * row  # three segment inputs; the last block as usual
-    out.sum().backward()
+    assert after_forward == 3 * row + 2 * row  # three segment inputs; the last block as usual
     # backward recomputes each of the three segments: one new linear output each (their inputs are alive)
     assert segmented.total_bytes == 5 * row + 3 * row
     assert segmented.peak_bytes == 5 * row
