@@ -19,7 +19,8 @@ Modules, one concern each and named like the book's ideas (every module of the p
 - measuring: :mod:`~companion.evaluation`, :mod:`~companion.summary`, :mod:`~companion.detection_metrics`,
   :mod:`~companion.interpret`;
 - training: :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
-  :mod:`~companion.finetune`, :mod:`~companion.simclr`;
+  :mod:`~companion.finetune`, :mod:`~companion.simclr`, :mod:`~companion.large_models` (memory, checkpointing,
+  accumulation, FSDP2);
 - showing: :mod:`~companion.plots`, :mod:`~companion.diagrams`, :mod:`~companion.notebook` (glue and tables that work outside the
   book's build);
 - entry points: :mod:`~companion.cli` (``python -m companion``).
@@ -62,6 +63,7 @@ from . import (
     evaluation,
     finetune,
     history,
+    large_models,
     modern_cnn,
     norm,
     notebook,
@@ -124,6 +126,7 @@ __all__ = [
     "evaluation",
     "finetune",
     "history",
+    "large_models",
     "interpret",
     "modern_cnn",
     "norm",
