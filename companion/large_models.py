@@ -235,10 +235,8 @@ class _Checkpoint(torch.autograd.Function):
         ctx.autocast = [(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
                         for kind in _autocast_device_types()]
         if preserve_rng_state:  # dropout must draw the same masks when the segment runs again
-            ctx.cpu_rng = torch.get_rng_state()
-            ctx.cuda_devices = sorted({a.device.index for a in args
-                                       if isinstance(a, torch.Tensor) and a.device.type == "cuda"})
-            ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.cuda_devices]
+            devices = {a.device for a in args if isinstance(a, torch.Tensor) and a.device.type != "cpu"}
+            ctx.rng_states = _rng_states(sorted(devices, key=str))
         ctx.positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         ctx.others = [None if isinstance(a, torch.Tensor) else a for a in args]
         ctx.save_for_backward(*(args[i] for i in ctx.positions))  # only the segment's inputs
@@ -255,14 +253,15 @@ class _Checkpoint(torch.autograd.Function):
         args = list(ctx.others)
         for i, saved in zip(ctx.positions, ctx.saved_tensors):
             args[i] = saved.detach().requires_grad_(saved.requires_grad)
-        devices = ctx.cuda_devices if ctx.preserve_rng_state else []
-        with torch.random.fork_rng(devices=devices, enabled=ctx.preserve_rng_state):
+        current = _rng_states(list(ctx.rng_states)[1:]) if ctx.preserve_rng_state else None
+        try:
             if ctx.preserve_rng_state:
-                torch.set_rng_state(ctx.cpu_rng)
-                for device, state in zip(ctx.cuda_devices, ctx.cuda_rng):
-                    torch.cuda.set_rng_state(state, device)
+                _set_rng_states(ctx.rng_states)
             with torch.enable_grad(), _autocast_as(ctx.autocast):
                 outputs = ctx.run(*args)
+        finally:  # the caller's random stream continues as if nothing had been recomputed
+            if current is not None:
+                _set_rng_states(current)
         outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad and g is not None]
         if pairs:  # parameter gradients accumulate into .grad here, as in any backward()
@@ -272,7 +271,37 @@ class _Checkpoint(torch.autograd.Function):
 
 
 def _autocast_device_types() -> list[str]:
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    kinds = ["cpu"]
+    if torch.cuda.is_available():
+        kinds.append("cuda")
+    if torch.backends.mps.is_available():
+        kinds.append("mps")
+    return kinds
+
+
+def _rng_states(devices: list[torch.device]) -> dict:
+    """The CPU's random state, then each device's (CUDA or MPS), keyed by device."""
+    states: dict = {"cpu": torch.get_rng_state()}
+    for device in devices:
+        if device.type == "cuda":
+            states[device] = torch.cuda.get_rng_state(device)
+        elif device.type == "mps":
+            states[device] = torch.mps.get_rng_state()
+        else:
+            raise ValueError(f"checkpoint: preserve_rng_state on {device.type} tensors is not implemented "
+                             "(CPU, CUDA and MPS are); pass preserve_rng_state=False or use "
+                             "torch.utils.checkpoint.checkpoint")
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    for device, state in states.items():
+        if device == "cpu":
+            torch.set_rng_state(state)
+        elif device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.mps.set_rng_state(state)
 
 
 class _autocast_as:
@@ -310,8 +339,8 @@ def checkpoint(function: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
     Args:
         function: the segment; returns a tensor or a tuple of tensors.
         *args: its positional arguments (tensors are saved; others are kept as they are).
-        preserve_rng_state: restore the CPU (and the inputs' CUDA devices') random state before
-            recomputing, as PyTorch does by default.
+        preserve_rng_state: restore the CPU's random state, and that of the inputs' CUDA or MPS
+            devices, before recomputing, as PyTorch does by default (and the caller's afterwards).
         **kwargs: passed to ``function``.
 
     Returns:
@@ -321,7 +350,8 @@ def checkpoint(function: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
         TypeError: ``function`` is not callable, ``preserve_rng_state`` is not a bool, or the
             function returns something other than a tensor or a tuple of tensors.
         ValueError: one of PyTorch's options this version lacks (``use_reentrant``,
-            ``context_fn``, ``determinism_check``, ``debug``, ``early_stop``).
+            ``context_fn``, ``determinism_check``, ``debug``, ``early_stop``), or
+            ``preserve_rng_state`` with inputs on a device other than the CPU, CUDA or MPS.
     """
     if not callable(function):
         raise TypeError(f"checkpoint: function must be callable, got {type(function).__name__}")

@@ -290,3 +290,20 @@ def test_fsdp2_on_two_processes_equals_one_process_and_shards_the_bytes(tmp_path
     assert padded == [by_hand, by_hand]  # dim 0 padded to a multiple of 2 processes
     assert shards[0]["parameters"] == by_hand >= shards[1]["parameters"]  # rank 0 holds the larger chunks
     assert by_hand - parameters * 8 / 2 < 8 * sum(w.numel() // w.shape[0] for w in single["weights"].values())
+
+
+def test_the_callers_random_stream_continues_as_with_pytorchs_checkpoint():
+    net, x = _net(dropout=0.5), torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    draws = []
+    for run in (lambda x: checkpoint(net, x), lambda x: torch_checkpoint.checkpoint(net, x, use_reentrant=False)):
+        torch.manual_seed(5)
+        run(x).sum().backward()
+        draws.append(torch.rand(3))
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+
+
+def test_the_random_state_of_an_unsupported_device_is_refused():
+    x = torch.ones(2, 3, device="meta", requires_grad=True)
+    with pytest.raises(ValueError, match="preserve_rng_state on meta"):
+        checkpoint(torch.sin, x)
+    assert checkpoint(torch.sin, x, preserve_rng_state=False).shape == (2, 3)
