@@ -127,7 +127,12 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 
 
 class _Packed:
-    """What autograd stores instead of a saved tensor while a meter counts: its lifetime is the saved tensor's."""
+    """What autograd stores instead of a saved tensor while a meter counts: its lifetime is the saved tensor's.
+
+    It holds the tensor detached: an operation that saves its own output would otherwise make a
+    reference cycle (output → grad_fn → saved variable → this object → output) that Python's
+    garbage collector cannot see into, and the graph would never be freed.
+    """
 
     __slots__ = ("tensor", "meter", "key")
 
@@ -148,7 +153,11 @@ class SavedTensorMeter:
     memory) and stops counting it when autograd releases it. Storages of the tensors in
     ``exclude`` (the model's parameters: a linear layer saves its weight) are not counted, so
     the result is the activation memory. Run ``backward()`` inside the context too, to count
-    what checkpointing recomputes (the hooks apply only inside it). Gradients, the optimizer and temporaries that are not
+    what checkpointing recomputes (the hooks apply only inside it): this works for
+    :func:`checkpoint` and PyTorch's reentrant checkpoint, not for
+    ``torch.utils.checkpoint(..., use_reentrant=False)``, whose own hooks take over inside its
+    segments. The excluded storages are fixed when the meter is made (FSDP's gathered weights,
+    allocated later, would count as activations). Gradients, the optimizer and temporaries that are not
     saved are not counted: this is the part of a step's memory that grows with the batch.
 
     Args:
@@ -195,7 +204,7 @@ class SavedTensorMeter:
                              "measure on a real device (a small batch), then scale")
         key = _storage_key(tensor)
         if key in self._excluded or key[2] == 0:
-            return _Packed(tensor, self, None)
+            return _Packed(tensor.detach(), self, None)
         if key not in self._count:
             nbytes = tensor.untyped_storage().nbytes()
             self._count[key], self._dtype[key] = 0, (tensor.dtype, nbytes)
@@ -206,7 +215,7 @@ class SavedTensorMeter:
                 self.peak_bytes = self.saved_bytes
                 self.peak_bytes_by_dtype = dict(self._live_by_dtype)
         self._count[key] += 1
-        return _Packed(tensor, self, key)
+        return _Packed(tensor.detach(), self, key)  # detached: no cycle through grad_fn
 
     @staticmethod
     def _unpack(packed: _Packed) -> torch.Tensor:
@@ -250,6 +259,9 @@ class _Checkpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs: torch.Tensor):
+        if torch.is_grad_enabled():
+            raise ValueError("checkpoint: double backward (create_graph=True) is not implemented; "
+                             "use torch.utils.checkpoint.checkpoint(..., use_reentrant=False)")
         args = list(ctx.others)
         for i, saved in zip(ctx.positions, ctx.saved_tensors):
             args[i] = saved.detach().requires_grad_(saved.requires_grad)
@@ -330,9 +342,12 @@ def checkpoint(function: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
     everything it would save; cost: one more forward pass of the segment.
 
     Equal in values and gradients to ``torch.utils.checkpoint.checkpoint(function, *args,
-    use_reentrant=False)``. Like PyTorch's reentrant variant, parameter gradients are
-    accumulated during ``loss.backward()``; :func:`torch.autograd.grad` reaches the inputs'
-    gradients but not those of parameters inside the segment. A private zero-size tensor that
+    use_reentrant=False)`` when the tensors that require grad are positional arguments or
+    leaves the function uses (a module's parameters). Like PyTorch's reentrant variant, the
+    forward pass runs under ``no_grad`` (a module that branches on grad mode may take another
+    path than in the recomputation) and parameter gradients are accumulated into ``.grad`` by
+    an inner ``backward()``, also when the outer call is :func:`torch.autograd.grad`; double
+    backward (``create_graph=True``) is refused. A private zero-size tensor that
     requires grad is passed along, so that the output requires grad even when no input does
     (the first segment of a network, whose input is the images).
 
@@ -347,8 +362,10 @@ def checkpoint(function: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
         What ``function`` returns.
 
     Raises:
-        TypeError: ``function`` is not callable, ``preserve_rng_state`` is not a bool, or the
-            function returns something other than a tensor or a tuple of tensors.
+        TypeError: ``function`` is not callable, ``preserve_rng_state`` is not a bool, a tensor
+            that requires grad is passed as a keyword argument or inside a container (pass it
+            positionally), or the function returns something other than a tensor or a tuple
+            of tensors.
         ValueError: one of PyTorch's options this version lacks (``use_reentrant``,
             ``context_fn``, ``determinism_check``, ``debug``, ``early_stop``), or
             ``preserve_rng_state`` with inputs on a device other than the CPU, CUDA or MPS.
@@ -361,11 +378,27 @@ def checkpoint(function: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
     if unsupported:
         raise ValueError(f"checkpoint: torch.utils.checkpoint's option(s) {unsupported} are not "
                          "implemented here; use torch.utils.checkpoint.checkpoint for them")
+    nested = [f"keyword {name!r}" for name, value in kwargs.items() if _holds_tensor_requiring_grad(value, True)]
+    nested += [f"argument {i}" for i, value in enumerate(args) if _holds_tensor_requiring_grad(value, False)]
+    if nested:
+        raise TypeError(f"checkpoint: tensors that require grad must be positional arguments, "
+                        f"not keyword arguments or inside containers: {nested}")
     run = functools.partial(function, **kwargs) if kwargs else function
     if not torch.is_grad_enabled():  # nothing would be saved anyway
         return run(*args)
     anchor = torch.empty(0, requires_grad=True)
     return _Checkpoint.apply(run, preserve_rng_state, anchor, *args)
+
+
+def _holds_tensor_requiring_grad(value: object, top: bool) -> bool:
+    """A tensor that requires grad in a keyword argument (``top``) or inside a list, tuple or dict."""
+    if isinstance(value, torch.Tensor):
+        return top and value.requires_grad
+    if isinstance(value, list | tuple):
+        return any(_holds_tensor_requiring_grad(v, True) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor_requiring_grad(v, True) for v in value.values())
+    return False
 
 
 def checkpoint_sequential(functions: nn.Sequential | Sequence[Callable[[torch.Tensor], torch.Tensor]],
@@ -407,7 +440,6 @@ def checkpoint_sequential(functions: nn.Sequential | Sequence[Callable[[torch.Te
         return forward
 
     size = len(layers) // segments
-    start = 0
     for start in range(0, size * (segments - 1), size):
         input = checkpoint(run(start, start + size), input, preserve_rng_state=preserve_rng_state)
     last = size * (segments - 1)
@@ -421,8 +453,9 @@ def accumulate_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
     Each micro-batch's mean loss is weighted by its share of the batch (its size over the
     batch's), so that the accumulated gradient is the gradient of the whole batch's mean loss
     also when the pieces differ in size. Exact for networks whose layers treat samples
-    independently; batch normalisation normalises each micro-batch with its own statistics and
-    is not. Does not zero the gradients first and does not step: call ``optimizer.zero_grad()``
+    independently and whose loss is a plain mean over samples; batch normalisation normalises
+    each micro-batch with its own statistics and is not, and neither is a mean that weights
+    samples unequally (``ignore_index``, class weights in ``cross_entropy``). Does not zero the gradients first and does not step: call ``optimizer.zero_grad()``
     before and ``optimizer.step()`` after, as for one batch.
 
     Args:

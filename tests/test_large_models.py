@@ -307,3 +307,38 @@ def test_the_random_state_of_an_unsupported_device_is_refused():
     with pytest.raises(ValueError, match="preserve_rng_state on meta"):
         checkpoint(torch.sin, x)
     assert checkpoint(torch.sin, x, preserve_rng_state=False).shape == (2, 3)
+
+
+def test_tensors_that_require_grad_outside_the_positional_arguments_are_refused():
+    w = torch.randn(3, requires_grad=True)
+    a = torch.randn(3, requires_grad=True)
+    with pytest.raises(TypeError, match="keyword 'm'"):
+        checkpoint(lambda a, m: a * m, a, m=w * 2)
+    with pytest.raises(TypeError, match="argument 1"):
+        checkpoint(lambda a, pair: a * pair[0], a, [w * 2, w])
+    out = checkpoint(lambda a, m, scale: a * m * scale, a, w * 2, scale=torch.tensor(3.0))  # no grad: allowed
+    out.sum().backward()
+    torch.testing.assert_close(a.grad, (w * 6).detach())
+
+
+def test_double_backward_is_refused():
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = checkpoint(torch.sin, x).sum()
+    with pytest.raises(ValueError, match="double backward"):
+        torch.autograd.grad(y, x, create_graph=True)
+
+
+def test_the_meter_frees_a_forward_only_graph_and_counts_views_once():
+    import gc
+
+    layer = nn.Linear(8, 8)
+    with SavedTensorMeter(layer.parameters()) as meter:
+        out = torch.tanh(layer(torch.ones(4, 8)))  # tanh saves its own output
+        assert meter.saved_bytes == 2 * 4 * 8 * 4
+        del out
+        gc.collect()
+        assert meter.saved_bytes == 0  # no cycle keeps the graph alive
+        x = torch.randn(6, 8, requires_grad=True)
+        y = x[1:] * x[:-1]  # mul saves both factors: two views of x's storage
+        assert meter.saved_bytes == 6 * 8 * 4  # the storage once, whole
+    del y
