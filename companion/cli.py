@@ -1,9 +1,10 @@
-"""Command line: ``python -m companion train ...`` (see ``--help``).
+"""Command line: ``python -m companion train ...`` and ``python -m companion shard ...`` (see ``--help``).
 
 Exit codes: 0 success, 1 data or device problem (one line on stderr), 2 bad arguments.
 Under ``torchrun --nproc-per-node=N -m companion train ...`` the N processes train one model
 with DistributedDataParallel; ``--batch-size`` stays the global batch and only rank 0 prints
-and writes the checkpoint.
+and writes the checkpoint. ``shard`` runs :func:`companion.large_models.train_sharded` (one process,
+or DDP / FSDP2 under torchrun) and saves rank 0's result with ``torch.save``.
 """
 
 from __future__ import annotations
@@ -84,7 +85,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the per-batch progress bar")
+    q = commands.add_parser("shard", help="train the attention chapter's ViT a few steps: one process, DDP or FSDP2")
+    q.add_argument("out", help="file rank 0 saves the result to (weights, losses, bytes per rank)")
+    q.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default="fsdp",
+                   help="single (one process), ddp or fsdp (under torchrun)")
+    q.add_argument("--steps", type=_positive_int, default=4, help="optimizer steps")
+    q.add_argument("--batch-size", type=_positive_int, default=32, help="global batch, split among the processes")
+    q.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="weights and inputs")
     return parser
+
+
+def _shard(args: argparse.Namespace) -> int:
+    """``python -m companion shard``: run train_sharded, rank 0 saves (temporary file, then renamed)."""
+    from .large_models import train_sharded
+    from .utils import atomic_write
+
+    try:
+        result = train_sharded(args.strategy, steps=args.steps, batch_size=args.batch_size,
+                               dtype=getattr(torch, args.dtype))
+        if result["world_size"] == 1 or torch.distributed.get_rank() == 0:
+            with atomic_write(args.out) as file:
+                torch.save(result, file)
+    except (DataNotFoundError, CorruptDataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        destroy_distributed()
+    return 0
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -110,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 on bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "shard":
+        return _shard(args)
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
     try:

@@ -7,10 +7,10 @@ checkpointing from its definition (:func:`checkpoint`, :func:`checkpoint_sequent
 :func:`torch.utils.checkpoint.checkpoint` in values and gradients), and accumulates gradients
 over micro-batches (:func:`accumulate_gradients`). Sharded data parallelism is PyTorch's own
 FSDP2 (:func:`torch.distributed.fsdp.fully_shard`, Zhao et al., 2023), not re-implemented:
-:func:`train_sharded` runs it, and ``python -m companion.large_models`` launches it under
+:func:`train_sharded` runs it, and ``python -m companion shard`` launches it under
 ``torchrun``::
 
-    torchrun --standalone --nproc-per-node=2 -m companion.large_models OUT --strategy fsdp
+    torchrun --standalone --nproc-per-node=2 -m companion shard OUT --strategy fsdp
 
 Sources: Chen et al., "Training deep nets with sublinear memory cost", 2016 (checkpointing);
 Rajbhandari et al., "ZeRO: memory optimizations toward training trillion parameter models", 2020
@@ -20,10 +20,8 @@ Rajbhandari et al., "ZeRO: memory optimizations toward training trillion paramet
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -37,7 +35,6 @@ __all__ = [
     "accumulate_gradients",
     "checkpoint",
     "checkpoint_sequential",
-    "main",
     "state_bytes",
     "tensor_bytes",
     "train_sharded",
@@ -552,13 +549,15 @@ def train_sharded(strategy: str, steps: int = 4, batch_size: int = 32, lr: float
     torch.manual_seed(0)
     model = VisionTransformer().to(dtype)
     if strategy == "fsdp":
+        # FSDP2, as the chapter shows it: shard each block, then the rest of the model
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cpu", (world,))
+        mesh = init_device_mesh("cpu", (world,))  # on GPUs: ("cuda", (world,)), backend NCCL
         for block in model.blocks:
-            fully_shard(block, mesh=mesh, reshard_after_forward=True)
-        fully_shard(model, mesh=mesh, reshard_after_forward=True)
+            fully_shard(block, mesh=mesh, reshard_after_forward=True)  # its own all-gather group
+        fully_shard(model, mesh=mesh, reshard_after_forward=True)  # the remaining weights
+        # end of the FSDP2 lines
     elif strategy == "ddp" and world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -568,6 +567,7 @@ def train_sharded(strategy: str, steps: int = 4, batch_size: int = 32, lr: float
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()  # DDP all-reduces, FSDP2 reduce-scatters: both average over processes
+        # the optimizer updates what this process holds: all weights (DDP), its shards (FSDP2)
         optimizer.step()
         losses.append(all_reduce_sum(loss.detach()).item() / world if world > 1 else loss.item())
     counted = asdict(state_bytes(model, optimizer))
@@ -581,34 +581,3 @@ def train_sharded(strategy: str, steps: int = 4, batch_size: int = 32, lr: float
     else:
         per_rank = [{"bytes": counted, "padded_bytes": padded}]
     return {"weights": weights, "losses": losses, "world_size": world, "ranks": per_rank}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``[torchrun ...] python -m companion.large_models OUT [--strategy S] [--steps N] [--dtype D]``.
-
-    Runs :func:`train_sharded`; rank 0 saves its result to OUT with ``torch.save`` (written to a
-    temporary file, then renamed). Exit code 0 on success.
-    """
-    from .distributed import destroy_distributed, is_main_process
-    from .utils import atomic_write
-
-    parser = argparse.ArgumentParser(prog="python -m companion.large_models", description=main.__doc__)
-    parser.add_argument("out", help="file the result is saved to (by rank 0)")
-    parser.add_argument("--strategy", choices=("single", "ddp", "fsdp"), default="fsdp")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    args = parser.parse_args(argv)
-    try:
-        result = train_sharded(args.strategy, steps=args.steps, batch_size=args.batch_size,
-                               dtype=getattr(torch, args.dtype))
-        if is_main_process():
-            with atomic_write(args.out) as file:
-                torch.save(result, file)
-    finally:
-        destroy_distributed()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -271,10 +271,11 @@ def test_fsdp2_on_two_processes_equals_one_process_and_shards_the_bytes(tmp_path
     env = {**os.environ, "COMPANION_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
     for name, launcher in (("single", []), ("fsdp", ["-m", "torch.distributed.run", "--standalone",
                                                        "--nproc-per-node=2"])):
-        command = [sys.executable, *launcher, "-m", "companion.large_models", str(tmp_path / f"{name}.pt"),
+        command = [sys.executable, *launcher, "-m", "companion", "shard", str(tmp_path / f"{name}.pt"),
                    "--strategy", name, "--steps", "3", "--dtype", "float64"]
         run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
+        assert "RuntimeWarning" not in run.stderr, run.stderr[-3000:]
     single, fsdp = (torch.load(tmp_path / f"{name}.pt", weights_only=False) for name in ("single", "fsdp"))
     for name, weight in single["weights"].items():
         torch.testing.assert_close(fsdp["weights"][name], weight, rtol=1e-9, atol=1e-11)
@@ -342,3 +343,19 @@ def test_the_meter_frees_a_forward_only_graph_and_counts_views_once():
         y = x[1:] * x[:-1]  # mul saves both factors: two views of x's storage
         assert meter.saved_bytes == 6 * 8 * 4  # the storage once, whole
     del y
+
+
+def test_the_shard_command_in_one_process_saves_weights_losses_and_bytes(tmp_path, data_dir, monkeypatch):
+    from companion.cli import main
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COMPANION_DATA_DIR", str(data_dir))
+    out = tmp_path / "one.pt"
+    assert main(["shard", str(out), "--strategy", "single", "--steps", "2", "--batch-size", "8"]) == 0
+    result = torch.load(out, weights_only=False)
+    assert len(result["losses"]) == 2 and result["world_size"] == 1
+    counted = result["ranks"][0]["bytes"]
+    parameters = sum(w.numel() for w in result["weights"].values())
+    assert counted["parameters"] == counted["gradients"] == 4 * parameters
+    assert counted["optimizer_state"] == 8 * parameters + 4 * len(result["weights"])
