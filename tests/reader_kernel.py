@@ -67,8 +67,12 @@ def run(path: Path, whole: bool) -> dict:
     error = None
     try:
         client.execute()
-    except Exception as err:  # report the first line of any failure, then go on with the next chapter
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+    except Exception as err:  # report the failure in one line, then go on with the next chapter
+        if hasattr(err, "ename"):  # nbclient's CellExecutionError: the exception raised in the cell
+            failed_at = sum(1 for cell in notebook.cells[1:] if cell.get("outputs") or cell.get("execution_count"))
+            error = f"cell {failed_at}: {err.ename}: {str(getattr(err, 'evalue', '')).strip()[-500:]}"
+        else:
+            error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
     probe = json.loads(notebook.cells[0].outputs[0]["text"]) if notebook.cells[0].get("outputs") else {}
     return {"chapter": path.name, "cells": count, "later_imports": len(later_imports),
             "seconds": round(time.perf_counter() - started, 1),
