@@ -522,9 +522,10 @@ def train_sharded(strategy: str, steps: int = 4, batch_size: int = 32, lr: float
     ignores a constant added to every score) into steps of size up to ``lr``.
 
     Returns:
-        On every rank: ``weights`` (full, on the CPU), ``losses`` (global batch means),
-        ``world_size``, and per rank ``bytes`` (:class:`StateBytes` fields of its local shards,
-        as dicts) and ``padded_bytes`` (FSDP2's allocation per rank for one copy of the weights).
+        A dict, the same on every rank, with ``weights`` (full tensors, on the CPU), ``losses``
+        (the global batches' mean losses), ``world_size``, and ``ranks``, one dict per rank
+        with ``bytes`` (the :class:`StateBytes` fields of its local shards) and
+        ``padded_bytes`` (FSDP2's allocation per rank for one copy of the weights).
 
     Raises:
         TypeError: ``dtype`` is not a floating-point dtype.
