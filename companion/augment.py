@@ -8,6 +8,12 @@ and torchvision's argument names and meanings where torchvision has the transfor
 :func:`random_affine` takes ``degrees``, ``translate`` and ``scale`` as ``RandomAffine`` does, and
 equals ``torchvision.transforms.functional.affine`` image by image (tested).
 
+Batch-level augmentations mix pairs of images and their labels: :func:`mixup` (Zhang et al.,
+2018) and :func:`cutmix` (Yun et al., 2019), written from their definitions, and :class:`MixUp`
+and :class:`CutMix`, which draw their parameters exactly as ``torchvision.transforms.v2.MixUp``
+and ``CutMix`` do and equal them for the same random state (tested). :func:`per_image` applies
+any torchvision transform to each image of a batch with its own random parameters.
+
 Used by :class:`~companion.data.DeviceLoader` (through :class:`RandomTranslate`) in "MNIST in
 practice" and by SimCLR (:mod:`companion.simclr`) in "Pretraining and fine-tuning".
 """
@@ -22,8 +28,8 @@ import torch.nn.functional as F
 
 from .utils import check_float_images
 
-__all__ = ["AffineParams", "RandomTranslate", "affine", "cutout", "random_affine", "random_affine_params",
-           "random_translate"]  # fmt: skip
+__all__ = ["AffineParams", "CutMix", "MixUp", "RandomTranslate", "affine", "cutmix", "cutmix_box", "cutout",
+           "mixup", "per_image", "random_affine", "random_affine_params", "random_translate"]  # fmt: skip
 
 
 def random_translate(images: torch.Tensor, generator: torch.Generator | None = None, max_shift: int = 2) -> torch.Tensor:
@@ -235,3 +241,201 @@ def cutout(images: torch.Tensor, generator: torch.Generator | None = None, size:
     cols = torch.arange(width, device=images.device).view(1, 1, width) - cx + size // 2
     square = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)  # (B, H, W)
     return torch.where(square.unsqueeze(1), images.amin(), images)
+
+
+def per_image(transform, images: torch.Tensor) -> torch.Tensor:
+    """Apply a transform to each image of a batch separately, so each draws its own randomness.
+
+    A ``torchvision.transforms.v2`` transform called on a batched tensor (B, C, H, W) draws one
+    set of random parameters and applies it to every image (one flip decision, one crop, one
+    RandAugment policy for the whole batch). Calling it once per image gives each image its own.
+
+    Args:
+        transform: a callable of one image (C, H, W) returning an image of the same dtype.
+        images: (B, C, H, W), any dtype the transform accepts (uint8 for RandAugment).
+
+    Returns:
+        The transformed images stacked back into (B, C, H', W').
+
+    Raises:
+        TypeError: ``transform`` is not callable or ``images`` is not a tensor.
+        ValueError: ``images`` is not 4-D.
+    """
+    if not callable(transform):
+        raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have four dimensions (B, C, H, W), got shape {tuple(images.shape)}")
+    if len(images) == 0:
+        return images.clone()
+    return torch.stack([transform(image) for image in images])
+
+
+def _soft_targets(targets: torch.Tensor, num_classes: int | None, batch: int) -> torch.Tensor:
+    """Class indices (B,) as one-hot float rows, or probabilities (B, K) as they are."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
+    if targets.dim() not in (1, 2) or len(targets) != batch:
+        raise ValueError(f"targets must be class indices (B,) or probabilities (B, K) for B = {batch} images, "
+                         f"got shape {tuple(targets.shape)}")
+    if targets.dim() == 2:
+        if num_classes is not None and targets.shape[1] != num_classes:
+            raise ValueError(f"targets have {targets.shape[1]} columns but num_classes is {num_classes}")
+        return targets if targets.is_floating_point() else targets.float()
+    if targets.is_floating_point():
+        raise TypeError(f"class-index targets must be integers, got {targets.dtype}")
+    if num_classes is None:
+        raise ValueError("num_classes is needed to one-hot encode class-index targets")
+    return F.one_hot(targets, num_classes).float()
+
+
+def _check_lam(lam: float) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, int | float):
+        raise TypeError(f"lam must be a number, got {type(lam).__name__}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    return float(lam)
+
+
+def mixup(images: torch.Tensor, targets: torch.Tensor, lam: float,
+          num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""MixUp (Zhang et al., 2018): each image and its label blended with its neighbour's.
+
+    :math:`\tilde x_i = \lambda x_i + (1 - \lambda) x_{i-1}`, :math:`\tilde y_i = \lambda y_i +
+    (1 - \lambda) y_{i-1}`: image ``i`` is paired with image ``i - 1`` (the batch rolled by one,
+    the first with the last), as torchvision pairs them, so shuffle the batch first.
+    Train with the soft-target loss ``F.cross_entropy(logits, mixed_targets)``, which equals
+    :math:`\lambda\,\mathrm{CE}(y_i) + (1 - \lambda)\,\mathrm{CE}(y_{i-1})`.
+
+    Args:
+        images: float (B, C, H, W).
+        targets: int64 class indices (B,) or float probabilities (B, K).
+        lam: λ in [0, 1], the weight of each image's own content.
+        num_classes: K; needed for class indices.
+
+    Returns:
+        (mixed images, float (B, C, H, W); mixed targets, float (B, K) summing to 1 per row).
+
+    Raises:
+        TypeError: integer images, float class indices, a non-number ``lam``.
+        ValueError: ``lam`` outside [0, 1], images not 4-D, targets of another batch size or
+            width, class indices without ``num_classes``.
+    """
+    check_float_images(images)
+    lam = _check_lam(lam)
+    soft = _soft_targets(targets, num_classes, len(images))
+    mixed = images.roll(1, 0).mul(1.0 - lam).add(images.mul(lam))
+    return mixed, soft.roll(1, 0).mul(1.0 - lam).add(soft.mul(lam))
+
+
+def cutmix_box(lam: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """CutMix's box for a λ, drawn as torchvision draws it: ``(x1, y1, x2, y2)``, pixels.
+
+    A centre uniform over the image (``torch.randint`` on the global random stream, first the
+    column, then the row), half-sides ``int(0.5 √(1 − λ) × W)`` and ``int(0.5 √(1 − λ) × H)``,
+    clipped at the borders: so the box's area is at most (1 − λ) H W, less near an edge.
+
+    Raises:
+        TypeError, ValueError: ``lam`` is not a number in [0, 1]; ``height`` or ``width`` < 1.
+    """
+    lam = _check_lam(lam)
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height} and {width}")
+    r_x = torch.randint(width, size=(1,))
+    r_y = torch.randint(height, size=(1,))
+    r = 0.5 * math.sqrt(1.0 - lam)
+    half_w, half_h = int(r * width), int(r * height)
+    x1 = int(torch.clamp(r_x - half_w, min=0))
+    y1 = int(torch.clamp(r_y - half_h, min=0))
+    x2 = int(torch.clamp(r_x + half_w, max=width))
+    y2 = int(torch.clamp(r_y + half_h, max=height))
+    return x1, y1, x2, y2
+
+
+def cutmix(images: torch.Tensor, targets: torch.Tensor, box: tuple[int, int, int, int],
+           num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""CutMix (Yun et al., 2019): paste the neighbour's box into each image; mix labels by area.
+
+    Inside ``box = (x1, y1, x2, y2)`` image ``i`` takes image ``i - 1``'s pixels (the batch rolled
+    by one, as torchvision pairs them); the labels mix with the share of the image each keeps,
+    :math:`\lambda = 1 - (x_2 - x_1)(y_2 - y_1) / (HW)`, computed from the box actually pasted
+    (after clipping), as torchvision does.
+
+    Args:
+        images: float (B, C, H, W).
+        targets: int64 class indices (B,) or float probabilities (B, K).
+        box: pixel bounds, 0 <= x1 <= x2 <= W and 0 <= y1 <= y2 <= H (see :func:`cutmix_box`).
+        num_classes: K; needed for class indices.
+
+    Returns:
+        (images with the pasted boxes, float (B, C, H, W); mixed targets, float (B, K)).
+
+    Raises:
+        TypeError: integer images or float class indices.
+        ValueError: a box outside the image or with x2 < x1 or y2 < y1; see :func:`mixup`.
+    """
+    check_float_images(images)
+    soft = _soft_targets(targets, num_classes, len(images))
+    height, width = images.shape[-2:]
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
+        raise ValueError(f"box must satisfy 0 <= x1 <= x2 <= {width} and 0 <= y1 <= y2 <= {height}, got {box}")
+    lam = 1.0 - (x2 - x1) * (y2 - y1) / (width * height)
+    mixed = images.clone()
+    mixed[..., y1:y2, x1:x2] = images.roll(1, 0)[..., y1:y2, x1:x2]
+    return mixed, soft.roll(1, 0).mul(1.0 - lam).add(soft.mul(lam))
+
+
+class _MixBase:
+    def __init__(self, alpha: float = 1.0, num_classes: int | None = None) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+            raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0 (the Beta distribution's parameter), got {alpha}")
+        self.alpha, self.num_classes = float(alpha), num_classes
+        self._beta = torch.distributions.Beta(torch.tensor([self.alpha]), torch.tensor([self.alpha]))
+
+    def draw_lam(self) -> float:
+        """λ ~ Beta(α, α) from the global random stream, as torchvision draws it."""
+        return float(self._beta.sample(()))
+
+
+class MixUp(_MixBase):
+    """``torchvision.transforms.v2.MixUp`` written with :func:`mixup`: same draws, same outputs.
+
+    Each call draws one λ ~ Beta(α, α) for the whole batch (torch.distributions on the global
+    random stream: it takes no generator) and mixes every image with its neighbour.
+
+    Args:
+        alpha: α > 0; 1 draws λ uniformly, small α keeps most images nearly unmixed.
+        num_classes: K, needed for class-index targets.
+
+    Raises:
+        TypeError, ValueError: ``alpha`` is not a number > 0; calls raise as :func:`mixup`.
+    """
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix a batch: (B, C, H, W) float, (B,) or (B, K) → mixed images, (B, K) targets."""
+        return mixup(images, targets, self.draw_lam(), self.num_classes)
+
+
+class CutMix(_MixBase):
+    """``torchvision.transforms.v2.CutMix`` written with :func:`cutmix`: same draws, same outputs.
+
+    Each call draws one λ ~ Beta(α, α), then one box (:func:`cutmix_box`) for the whole batch;
+    the labels mix with the area actually pasted.
+
+    Args:
+        alpha: α > 0.
+        num_classes: K, needed for class-index targets.
+
+    Raises:
+        TypeError, ValueError: ``alpha`` is not a number > 0; calls raise as :func:`cutmix`.
+    """
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut and paste a batch: (B, C, H, W) float, (B,) or (B, K) → new images, (B, K) targets."""
+        check_float_images(images)
+        box = cutmix_box(self.draw_lam(), images.shape[-2], images.shape[-1])
+        return cutmix(images, targets, box, self.num_classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
@@ -85,3 +86,112 @@ def test_cutout_refuses_bad_arguments_and_passes_an_empty_batch():
     empty = torch.zeros(0, 1, 28, 28)
     assert cutout(empty, torch.Generator(), 4).shape == (0, 1, 28, 28)
     assert random_affine(empty, torch.Generator()).shape == (0, 1, 28, 28)
+
+
+# ---- MixUp, CutMix, per-image transforms (chapter "Data augmentation") ----
+
+from torchvision.transforms import v2  # noqa: E402
+
+from companion.augment import CutMix, MixUp, cutmix, cutmix_box, mixup, per_image  # noqa: E402
+
+
+def _batch(seed=0, batch=6, size=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, size, size + 2, generator=g), torch.randint(0, 5, (batch,), generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_mixup_and_cutmix_equal_torchvisions_for_the_same_random_state(seed, alpha):
+    images, labels = _batch(seed)
+    for ours, theirs in ((MixUp(alpha, 5), v2.MixUp(alpha=alpha, num_classes=5)),
+                         (CutMix(alpha, 5), v2.CutMix(alpha=alpha, num_classes=5))):
+        torch.manual_seed(seed)
+        expected = theirs(images, labels)
+        torch.manual_seed(seed)
+        got = ours(images, labels)
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)
+
+
+def test_mixup_by_hand_and_its_loss_is_the_mixture_of_two_losses():
+    images = torch.stack([torch.full((1, 2, 2), float(v)) for v in (0, 10, 20)])
+    labels = torch.tensor([0, 1, 2])
+    mixed, targets = mixup(images, labels, 0.75, num_classes=3)
+    torch.testing.assert_close(mixed[:, 0, 0, 0], torch.tensor([0.75 * 0 + 0.25 * 20, 7.5, 0.75 * 20 + 2.5]))
+    torch.testing.assert_close(targets, torch.tensor([[0.75, 0, 0.25], [0.25, 0.75, 0], [0, 0.25, 0.75]]))
+    torch.testing.assert_close(targets.sum(1), torch.ones(3))
+    logits = torch.randn(3, 3, dtype=torch.float64)
+    both = 0.75 * F.cross_entropy(logits, labels) + 0.25 * F.cross_entropy(logits, labels.roll(1))
+    torch.testing.assert_close(F.cross_entropy(logits, targets.double()), both)
+
+
+def test_cutmix_pastes_the_box_and_weighs_labels_by_the_area_kept():
+    images = torch.stack([torch.full((1, 4, 5), float(v)) for v in (1, 2)])
+    mixed, targets = cutmix(images, torch.tensor([0, 1]), (1, 0, 3, 2), num_classes=2)  # 2 x 2 of 20 pixels
+    assert (mixed[0, 0, 0:2, 1:3] == 2).all() and (mixed[0] == 2).sum() == 4 and (mixed[1, 0, 0:2, 1:3] == 1).all()
+    torch.testing.assert_close(targets, torch.tensor([[0.8, 0.2], [0.2, 0.8]]))
+
+
+def test_cutmix_box_is_clipped_and_its_area_at_most_one_minus_lambda():
+    torch.manual_seed(0)
+    for _ in range(200):
+        lam = torch.rand(()).item()
+        x1, y1, x2, y2 = cutmix_box(lam, 28, 30)
+        assert 0 <= x1 <= x2 <= 30 and 0 <= y1 <= y2 <= 28
+        assert (x2 - x1) * (y2 - y1) <= (1 - lam) * 28 * 30 + 1e-9
+
+
+def test_probability_targets_mix_too_and_rows_sum_to_one():
+    images, labels = _batch()
+    soft = F.one_hot(labels, 5).float() * 0.9 + 0.02
+    _, mixed = mixup(images, soft, 0.3)
+    torch.testing.assert_close(mixed.sum(1), torch.ones(len(images)))
+
+
+def test_mixing_refusals():
+    images, labels = _batch()
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        MixUp(0.0, 5)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        CutMix(-1, 5)
+    with pytest.raises(TypeError, match="alpha"):
+        MixUp("1", 5)
+    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\]"):
+        mixup(images, labels, 1.5, 5)
+    with pytest.raises(TypeError, match="lam must be a number"):
+        mixup(images, labels, True, 5)
+    with pytest.raises(ValueError, match="num_classes"):
+        mixup(images, labels, 0.5)
+    with pytest.raises(ValueError, match="for B = 6 images"):
+        mixup(images, labels[:3], 0.5, 5)
+    with pytest.raises(TypeError, match="float tensor"):
+        mixup((images * 255).to(torch.uint8), labels, 0.5, 5)
+    with pytest.raises(TypeError, match="integers"):
+        mixup(images, labels.float(), 0.5, 5)
+    with pytest.raises(ValueError, match="columns"):
+        mixup(images, F.one_hot(labels, 5).float(), 0.5, 4)
+    with pytest.raises(ValueError, match="box must satisfy"):
+        cutmix(images, labels, (3, 0, 2, 4), 5)
+    with pytest.raises(ValueError, match="box must satisfy"):
+        cutmix(images, labels, (0, 0, 11, 4), 5)
+
+
+def test_per_image_draws_per_image_where_a_batched_v2_call_draws_once():
+    torch.manual_seed(0)
+    images = torch.rand(64, 1, 6, 6)
+    flip = v2.RandomHorizontalFlip(p=0.5)
+    once = flip(images)
+    flipped_once = [(once[i] == images[i].flip(-1)).all().item() for i in range(64)]
+    assert len(set(flipped_once)) == 1  # one decision for the whole batch
+    each = per_image(flip, images)
+    flipped_each = [(each[i] == images[i].flip(-1)).all().item() for i in range(64)]
+    assert 10 < sum(flipped_each) < 54  # about half, each its own
+    torch.manual_seed(1)
+    expected = torch.stack([flip(image) for image in images])
+    torch.manual_seed(1)
+    torch.testing.assert_close(per_image(flip, images), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="four dimensions"):
+        per_image(flip, images[0])
+    with pytest.raises(TypeError, match="callable"):
+        per_image("flip", images)
