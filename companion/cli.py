@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from .data import CorruptDataError, DataNotFoundError
-from .distributed import destroy_distributed, init_distributed
+from .distributed import destroy_distributed, init_distributed, is_main_process
 from .recipes import ARTICLE, FAST, IMPROVED, MODELS, TrainConfig, run_recipe
 from .history import History
 from .train import NonFiniteLossError
@@ -103,7 +103,7 @@ def _shard(args: argparse.Namespace) -> int:
     try:
         result = train_sharded(args.strategy, steps=args.steps, batch_size=args.batch_size,
                                dtype=getattr(torch, args.dtype))
-        if result["world_size"] == 1 or torch.distributed.get_rank() == 0:
+        if is_main_process():
             with atomic_write(args.out) as file:
                 torch.save(result, file)
     except (DataNotFoundError, CorruptDataError, ValueError) as err:

@@ -20,6 +20,7 @@ Rajbhandari et al., "ZeRO: memory optimizations toward training trillion paramet
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -313,19 +314,12 @@ def _set_rng_states(states: dict) -> None:
             torch.mps.set_rng_state(state)
 
 
-class _autocast_as:
+def _autocast_as(recorded: list[tuple[str, bool, torch.dtype]]) -> contextlib.ExitStack:
     """Re-enter the autocast state recorded in forward (backward runs outside the user's ``autocast``)."""
-
-    def __init__(self, recorded: list[tuple[str, bool, torch.dtype]]) -> None:
-        self.contexts = [torch.autocast(kind, dtype=dtype, enabled=enabled) for kind, enabled, dtype in recorded]
-
-    def __enter__(self) -> None:
-        for context in self.contexts:
-            context.__enter__()
-
-    def __exit__(self, *exc_info: object) -> None:
-        for context in reversed(self.contexts):
-            context.__exit__(*exc_info)
+    stack = contextlib.ExitStack()
+    for kind, enabled, dtype in recorded:
+        stack.enter_context(torch.autocast(kind, dtype=dtype, enabled=enabled))
+    return stack
 
 
 def checkpoint(function: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]], *args: object,
@@ -452,8 +446,9 @@ def accumulate_gradients(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
     also when the pieces differ in size. Exact for networks whose layers treat samples
     independently and whose loss is a plain mean over samples; batch normalisation normalises
     each micro-batch with its own statistics and is not, and neither is a mean that weights
-    samples unequally (``ignore_index``, class weights in ``cross_entropy``). Does not zero the gradients first and does not step: call ``optimizer.zero_grad()``
-    before and ``optimizer.step()`` after, as for one batch.
+    samples unequally (``ignore_index``, class weights in ``cross_entropy``). Does not zero
+    the gradients first and does not step: call ``optimizer.zero_grad()`` before and
+    ``optimizer.step()`` after, as for one batch.
 
     Args:
         model: the network.
