@@ -15,7 +15,8 @@ and ``CutMix`` do and equal them for the same random state (tested). :func:`per_
 any torchvision transform to each image of a batch with its own random parameters.
 
 Used by :class:`~companion.data.DeviceLoader` (through :class:`RandomTranslate`) in "MNIST in
-practice" and by SimCLR (:mod:`companion.simclr`) in "Pretraining and fine-tuning".
+practice", by SimCLR (:mod:`companion.simclr`) in "Pretraining and fine-tuning", and throughout
+"Data augmentation".
 """
 
 from __future__ import annotations

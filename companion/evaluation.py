@@ -3,7 +3,7 @@
 Every function here runs the model in ``eval()`` mode under :func:`torch.inference_mode`, through
 :func:`companion.utils.eval_mode`, which puts the model's previous mode back afterwards — also when the model or
 the loader raises. Tensors that leave this module are on the CPU. Explained in the chapter
-"MNIST in practice" (:func:`calibration` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning".
+"MNIST in practice" (:func:`calibration`, :func:`fit_temperature` and :func:`brier_score` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning".
 The two summaries of a result's uncertainty are here too: :func:`wilson_interval` for one accuracy
 on a finite test set, :func:`mean_std` for a result repeated over seeds.
 """
@@ -24,11 +24,13 @@ from .utils import eval_mode
 
 __all__ = [
     "Calibration",
+    "brier_score",
     "calibration",
     "confusion_matrix",
     "evaluate",
     "expected_calibration_error",
     "extract_features",
+    "fit_temperature",
     "mean_std",
     "predict",
     "wilson_interval",
@@ -166,6 +168,17 @@ class Calibration:
     count: torch.Tensor
     ece: float
 
+    @property
+    def confidence_gap(self) -> float:
+        """Mean top-1 confidence minus accuracy over all samples, in [-1, 1].
+
+        The count-weighted mean of ``confidence - accuracy`` over the bins: > 0 means the
+        classifier is over-confident on average, < 0 under-confident. The ECE counts both
+        alike; this says which (Guo et al., 2017, read reliability diagrams the same way).
+        """
+        weights = self.count.to(self.confidence.dtype) / self.count.sum()
+        return (weights * (self.confidence - self.accuracy)).sum().item()
+
 
 def calibration(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> Calibration:
     """Bin the top-1 confidences of ``logits`` and compare them with the accuracy in each bin.
@@ -212,6 +225,85 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) 
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
     """The expected calibration error of :func:`calibration` (same arguments and errors), in [0, 1]."""
     return calibration(logits, labels, num_bins).ece
+
+
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.ndim != 2 or logits.shape[1] < 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
+        raise ValueError(f"expected logits (N, K) with N >= 1, K >= 2 and labels (N,), "
+                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")  # fmt: skip
+    if not logits.is_floating_point() or not torch.isfinite(logits).all():
+        raise ValueError(f"logits must be finite floats, got dtype {logits.dtype}")
+    if int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in [{int(labels.min())}, {int(labels.max())}]")
+
+
+def brier_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The multiclass Brier score: mean squared distance of the predicted distribution to the one-hot label.
+
+    ``mean_i Σ_k (softmax(logits_i)_k − [y_i = k])²`` (Brier, 1950, as Guo et al., 2017 use it), in
+    [0, 2]: 0 for certain and right, 2 for certain and wrong. Unlike the ECE it needs no bins, and
+    unlike the accuracy it rewards well-placed doubt.
+
+    Args:
+        logits: float (N, K) logits, N >= 1, K >= 2, finite (softmax is applied here).
+        labels: int64 (N,) true classes in [0, K).
+
+    Returns:
+        The score as a Python float.
+
+    Raises:
+        ValueError: wrong shapes, no samples, non-float or non-finite logits, labels outside [0, K).
+    """
+    _check_logits(logits, labels)
+    probabilities = F.softmax(logits.detach().cpu().double(), dim=1)
+    one_hot = F.one_hot(labels.cpu().long(), logits.shape[1]).double()
+    return ((probabilities - one_hot) ** 2).sum(1).mean().item()
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, tol: float = 1e-10) -> float:
+    """Temperature scaling: the T > 0 that minimises the cross-entropy of ``logits / T``.
+
+    Guo et al. (2017) fit one scalar on the validation split's logits and divide every later
+    logit by it: the argmax, hence the accuracy, is unchanged, only the confidence moves. With
+    β = 1/T the negative log-likelihood is convex in β (a log-sum-exp of a linear function of β
+    minus a linear one), and its derivative ``mean_i (E_{p_β}[z_i] − z_{i, y_i})`` increases
+    with β, so the minimum is found here exactly by bisection on that derivative (in float64),
+    not by a gradient method's few steps.
+
+    Args:
+        logits: float (N, K) validation logits z, N >= 1, K >= 2, finite.
+        labels: int64 (N,) true classes in [0, K).
+        tol: stop when the bracket on β is narrower than ``tol · β``; > 0.
+
+    Returns:
+        T as a Python float; > 1 means the network was over-confident, < 1 under-confident.
+
+    Raises:
+        ValueError: wrong shapes, no samples, non-float or non-finite logits, labels outside
+            [0, K), ``tol <= 0``; logits that no finite temperature fits (the NLL keeps falling
+            as T → 0: every sample is already ranked right, so there is nothing to calibrate);
+            or logits no better than uniform (the NLL is smallest at T → ∞).
+    """
+    _check_logits(logits, labels)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    z = logits.detach().cpu().double()
+    z_true = z.gather(1, labels.cpu().long()[:, None]).squeeze(1)
+
+    def slope(beta: float) -> float:  # d NLL / d beta
+        return ((F.softmax(beta * z, dim=1) * z).sum(1) - z_true).mean().item()
+
+    if slope(0.0) >= 0:
+        raise ValueError("the logits rank the true class no better than uniform: no finite temperature fits")
+    if bool((z_true >= z.max(1).values).all()):  # then the slope is < 0 for every beta
+        raise ValueError("the NLL keeps falling as T -> 0 (every sample ranked right): no temperature fits")
+    low, high = 0.0, 1.0
+    while slope(high) < 0:  # ends: some sample ranks a wrong class first, so NLL -> inf
+        low, high = high, 2 * high
+    while high - low > tol * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if slope(middle) < 0 else (low, middle)
+    return 2 / (low + high)
 
 
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:

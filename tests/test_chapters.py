@@ -100,6 +100,9 @@ def test_every_extra_a_chapter_needs_is_declared():
 def test_first_cell_template_reads_the_chapters_extras():
     assert first_cell.extras_for("from companion.interpret import grad_cam") == ["interpret"]
     assert first_cell.extras_for("import companion\ncompanion.fit(...)") == []
+    # a module an extra installs, imported directly, needs the extra too (not a mere mention)
+    assert first_cell.extras_for("import skimage.data\nx = 1") == ["pretrained"]
+    assert first_cell.extras_for("# skimage is not imported here") == []
     cell = first_cell.first_cell(["interpret"], url="https://example.org/repo")
     assert '("companion", "captum")' in cell and 'f"dl-cv-executable[interpret] @ git+{REPOSITORY}"' in cell
     ast.parse(cell)

@@ -57,8 +57,13 @@ def repository_url(config: Path = ROOT / "_config.yml") -> str:
 
 
 def extras_for(source: str) -> list[str]:
-    """The extras a chapter needs: those whose module its code imports."""
-    return [name for name, (module, _) in EXTRAS.items() if re.search(rf"\b{re.escape(module)}\b", source)]
+    """The extras a chapter needs: those whose module, or a module they install, its code imports."""
+
+    def imports(module: str) -> bool:
+        return re.search(rf"^\s*(?:import|from)\s+{re.escape(module)}\b", source, re.MULTILINE) is not None
+
+    return [name for name, (module, installs) in EXTRAS.items()
+            if re.search(rf"\b{re.escape(module)}\b", source) or any(map(imports, installs))]
 
 
 def first_cell(extras: list[str], url: str | None = None) -> str:
