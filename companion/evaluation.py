@@ -240,7 +240,7 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
 def brier_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The multiclass Brier score: mean squared distance of the predicted distribution to the one-hot label.
 
-    ``mean_i Σ_k (softmax(logits_i)_k − [y_i = k])²`` (Brier, 1950, as Guo et al., 2017 use it), in
+    ``mean_i Σ_k (softmax(logits_i)_k − [y_i = k])²`` (Brier, 1950), in
     [0, 2]: 0 for certain and right, 2 for certain and wrong. Unlike the ECE it needs no bins, and
     unlike the accuracy it rewards well-placed doubt.
 
@@ -267,13 +267,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, tol: float = 1e-
     logit by it: the argmax, hence the accuracy, is unchanged, only the confidence moves. With
     β = 1/T the negative log-likelihood is convex in β (a log-sum-exp of a linear function of β
     minus a linear one), and its derivative ``mean_i (E_{p_β}[z_i] − z_{i, y_i})`` increases
-    with β, so the minimum is found here exactly by bisection on that derivative (in float64),
-    not by a gradient method's few steps.
+    with β, so the minimum is found by bisection on that derivative (in float64, to a relative
+    ``tol`` in β), not by a gradient method's few steps.
 
     Args:
         logits: float (N, K) validation logits z, N >= 1, K >= 2, finite.
         labels: int64 (N,) true classes in [0, K).
-        tol: stop when the bracket on β is narrower than ``tol · β``; > 0.
+        tol: stop when the bracket on β is narrower than ``tol · β``, or cannot shrink in
+            float64 any more; > 0.
 
     Returns:
         T as a Python float; > 1 means the network was over-confident, < 1 under-confident.
@@ -282,7 +283,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, tol: float = 1e-
         ValueError: wrong shapes, no samples, non-float or non-finite logits, labels outside
             [0, K), ``tol <= 0``; logits that no finite temperature fits (the NLL keeps falling
             as T → 0: every sample is already ranked right, so there is nothing to calibrate);
-            or logits no better than uniform (the NLL is smallest at T → ∞).
+            or logits whose true-class logit is on average no higher than their mean logit
+            (no better than uniform: the NLL is smallest at T → ∞).
     """
     _check_logits(logits, labels)
     if not tol > 0:
@@ -294,7 +296,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, tol: float = 1e-
         return ((F.softmax(beta * z, dim=1) * z).sum(1) - z_true).mean().item()
 
     if slope(0.0) >= 0:
-        raise ValueError("the logits rank the true class no better than uniform: no finite temperature fits")
+        raise ValueError("the true class's logit is on average no higher than the mean logit "
+                         "(no better than uniform): no finite temperature fits")
     if bool((z_true >= z.max(1).values).all()):  # then the slope is < 0 for every beta
         raise ValueError("the NLL keeps falling as T -> 0 (every sample ranked right): no temperature fits")
     low, high = 0.0, 1.0
@@ -302,6 +305,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, tol: float = 1e-
         low, high = high, 2 * high
     while high - low > tol * high:
         middle = (low + high) / 2
+        if middle in (low, high):  # the bracket cannot shrink in float64 any more
+            break
         low, high = (middle, high) if slope(middle) < 0 else (low, middle)
     return 2 / (low + high)
 
