@@ -15,6 +15,12 @@ encoder *is* a :class:`~companion.attention.VisionTransformer` (its patch embedd
 embeddings, class token, blocks and final norm, not a copy). :func:`pretrain_mae` trains it with
 :func:`companion.train.fit`, as SimCLR is trained in :mod:`companion.simclr`.
 
+Where this differs from the reference code, on purpose: the position embeddings (the ViT's and the
+decoder's) are learned, not fixed 2-D sine-cosine tables; the decoder's blocks are the ViT's
+:class:`~companion.attention.TransformerBlock` (MLP ratio 2 by default, the paper's is 4); and
+:func:`pretrain_mae` applies weight decay to every parameter, where the paper exempts biases,
+norms and the tokens.
+
 Explained in the chapter "Masked autoencoders".
 """
 
@@ -162,7 +168,9 @@ class MaskedAutoencoder(nn.Module):
         decoder_heads: attention heads of the decoder.
         mask_ratio: default fraction of patches hidden, in [0, 1).
         norm_pix_loss: see :func:`masked_patch_loss`.
-        seed: seeds the masking (a generator on the module's device at the first call).
+        seed: seeds the masking: a generator created on the images' device at the first call,
+            and created again, from ``seed``, whenever the images arrive on another device. It
+            is not part of ``state_dict``.
 
     Shape:
         - ``forward``: images (B, C, H, W) → ``(loss, prediction (B, N, P·P·C), mask (B, N))``.
@@ -263,8 +271,8 @@ def pretrain_mae(
 ) -> History:
     """Train ``mae`` (encoder and decoder) without labels; return the History.
 
-    AdamW with the paper's β = (0.9, 0.95) and weight decay 0.05, and a one-cycle schedule
-    stepped every batch, through :func:`companion.train.fit` (``batch_loss=mae.batch_loss``).
+    AdamW with the paper's β = (0.9, 0.95) and weight decay 0.05, and a one-cycle schedule of
+    the learning rate stepped every batch (β is not cycled), through :func:`companion.train.fit` (``batch_loss=mae.batch_loss``).
     The History's ``train_loss`` is the masked-patch loss per epoch; accuracies are NaN.
 
     Args:
@@ -293,7 +301,8 @@ def pretrain_mae(
         parameter.requires_grad_(False)
     trainable = [p for p in mae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader),
+                                                    cycle_momentum=False)  # keep the paper's betas
     try:
         return fit(mae, loader, optimizer=optimizer, epochs=epochs, device=device, batch_loss=mae.batch_loss,
                    scheduler=scheduler, progress=progress)  # fmt: skip

@@ -44,10 +44,24 @@ def test_random_masking_keeps_the_smallest_noise_and_restores_the_order():
     torch.testing.assert_close(shuffled.gather(1, ids_restore[:, :, None].expand(-1, -1, 3)), tokens, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("n", "ratio"), [(16, 0.75), (49, 0.75), (49, 0.9), (49, 0.25), (10, 0.5)])
-def test_the_masked_fraction_is_exact(n, ratio):
-    _, mask, _ = random_masking(torch.zeros(3, n, 2), ratio, torch.Generator().manual_seed(1))
-    assert (mask.sum(1) == n - int(n * (1 - ratio))).all()
+@pytest.mark.parametrize(("n", "ratio", "hidden"), [
+    (16, 0.75, 12), (49, 0.75, 37), (49, 0.9, 45), (49, 0.25, 13), (10, 0.5, 5), (16, 0.0, 0),
+])  # by hand: len_keep = floor(n (1 - ratio)), e.g. floor(4.9) = 4 kept of 49
+def test_the_masked_fraction_is_exact(n, ratio, hidden):
+    visible, mask, _ = random_masking(torch.zeros(3, n, 2), ratio, torch.Generator().manual_seed(1))
+    assert (mask.sum(1) == hidden).all() and visible.shape[1] == n - hidden
+
+
+def test_masks_are_seeded_per_model_and_differ_between_calls():
+    images = torch.randn(4, 1, 28, 28)
+    first = MaskedAutoencoder(VisionTransformer(embed_dim=32, depth=1), decoder_dim=16, seed=3)
+    second = MaskedAutoencoder(VisionTransformer(embed_dim=32, depth=1), decoder_dim=16, seed=3)
+    _, mask_a, _ = first.forward_encoder(images)
+    _, mask_b, _ = second.forward_encoder(images)
+    assert torch.equal(mask_a, mask_b)  # same seed, same masks
+    _, mask_c, _ = first.forward_encoder(images)
+    assert not torch.equal(mask_a, mask_c)  # the next call draws new ones
+    assert not torch.equal(mask_a[0], mask_a[1])  # each image its own
 
 
 def test_loss_counts_only_hidden_patches():
@@ -80,6 +94,25 @@ def test_encoder_with_ratio_zero_equals_the_vits_own_encoder():
     assert mae.encoder is vit  # the ViT itself, not a copy
 
 
+def test_decoder_puts_visible_tokens_and_mask_tokens_back_in_place():
+    # A decoder reduced to its bookkeeping: identity maps, no blocks, zero position embeddings.
+    mae = MaskedAutoencoder(VisionTransformer(patch_size=7, embed_dim=49, depth=1, num_heads=7),
+                            decoder_dim=49, decoder_heads=7).double()
+    with torch.no_grad():
+        mae.decoder_embed.weight.copy_(torch.eye(49))
+        mae.decoder_embed.bias.zero_()
+        mae.decoder_pos_embed.zero_()
+        mae.mask_token.fill_(-1.0)
+    mae.decoder_blocks = torch.nn.ModuleList()
+    mae.decoder_norm = mae.decoder_pred = torch.nn.Identity()
+    tokens = torch.rand(3, 16, 49, dtype=torch.float64)  # 16 patches, values in [0, 1)
+    visible, mask, ids_restore = random_masking(tokens, 0.75, torch.Generator().manual_seed(0))
+    latent = torch.cat([torch.zeros(3, 1, 49, dtype=torch.float64), visible], 1)  # class token first
+    out = mae.forward_decoder(latent, ids_restore)  # (3, 16, 49)
+    hidden = mask[..., None] == 1
+    torch.testing.assert_close(out, torch.where(hidden, torch.full_like(tokens, -1.0), tokens), rtol=0, atol=0)
+
+
 def test_forward_shapes_and_masked_loss():
     torch.manual_seed(0)
     mae = MaskedAutoencoder(VisionTransformer(patch_size=7, embed_dim=32, depth=1, num_heads=4), decoder_dim=16)
@@ -98,13 +131,21 @@ def test_pretraining_lowers_the_loss_and_restores_the_head():
     mae = MaskedAutoencoder(vit, decoder_dim=32)
     images = torch.rand(256, 1, 28, 28).round()  # binary noise images
     loader = DeviceLoader(images, torch.zeros(256, dtype=torch.long), 64, shuffle=True, drop_last=True, device="cpu")
+    head = [p.detach().clone() for p in vit.head.parameters()]
     history = pretrain_mae(mae, loader, epochs=6, device="cpu", lr=3e-3, progress=False)
-    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.train_loss[-1] < 0.9 * history.train_loss[0]
     assert all(p.requires_grad for p in vit.head.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(head, vit.head.parameters()))  # the head is not trained
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [
     (lambda: patchify(torch.zeros(1, 1, 28, 28), 5), ValueError, "divisible by patch_size=5"),
+    (lambda: patchify(torch.zeros(1, 28, 28), 7), ValueError, r"got \(1, 28, 28\)"),
+    (lambda: patchify(torch.zeros(1, 1, 28, 21), 7), ValueError, "expected square images"),
+    (lambda: random_masking(torch.zeros(1, 4, 2), -0.1), ValueError, r"must lie in \[0, 1\), got -0.1"),
+    (lambda: masked_patch_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.ones(2, 1)), ValueError, "mask \\(B, N\\)"),
+    (lambda: pretrain_mae(MaskedAutoencoder(VisionTransformer()), [], epochs=1, device="cpu", weight_decay=-1), ValueError,
+     "weight_decay >= 0"),
     (lambda: unpatchify(torch.zeros(1, 5, 49), 7), ValueError, "must be a square, got 5"),
     (lambda: unpatchify(torch.zeros(1, 4, 48), 7), ValueError, r"expected patches \(B, N, 49\)"),
     (lambda: random_masking(torch.zeros(1, 4), 0.5), ValueError, r"expected tokens \(B, N, D\)"),

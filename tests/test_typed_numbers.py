@@ -286,6 +286,8 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("90 %", "setting: a masking ratio of the sweep"),
         ("0.05", "sourced fact: the paper's weight decay (He et al.); setting: pretrain_mae's default"),
         ("0.003", "setting: the pretraining and fine-tuning learning rates"),
+        ("800", "sourced fact: the paper's shortest pretraining in epochs (He et al.)"),
+        ("1,600", "sourced fact: the paper's longest pretraining in epochs (He et al.)"),
     ],
     "large_models": [
         ("16", "definition: bytes per parameter of the published accounting, 16-bit numbers, ViT's 16-pixel patches; "
