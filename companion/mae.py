@@ -132,7 +132,7 @@ def masked_patch_loss(
             setting does.
 
     Returns:
-        A 0-d tensor: ``Σ_n mask_n · mean_j (prediction − target)²_nj / Σ_n mask_n``.
+        The 0-d loss ``Σ_n mask_n · mean_j (prediction − target)²_nj / Σ_n mask_n``.
 
     Raises:
         ValueError: shapes that do not match, or a mask with no hidden patch.
