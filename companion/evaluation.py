@@ -180,6 +180,16 @@ class Calibration:
         return (weights * (self.confidence - self.accuracy)).sum().item()
 
 
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.ndim != 2 or logits.shape[1] < 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
+        raise ValueError(f"expected logits (N, K) with N >= 1, K >= 2 and labels (N,), "
+                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")  # fmt: skip
+    if not logits.is_floating_point() or not torch.isfinite(logits).all():
+        raise ValueError(f"logits must be finite floats, got dtype {logits.dtype}")
+    if int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in [{int(labels.min())}, {int(labels.max())}]")
+
+
 def calibration(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> Calibration:
     """Bin the top-1 confidences of ``logits`` and compare them with the accuracy in each bin.
 
@@ -198,17 +208,11 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) 
         A :class:`Calibration` on the CPU, in the dtype of ``logits``.
 
     Raises:
-        ValueError: wrong shapes, no samples, labels outside [0, K), non-finite logits, or ``num_bins < 1``.
+        ValueError: wrong shapes, no samples, labels outside [0, K), non-float or non-finite logits, or ``num_bins < 1``.
     """
-    if logits.ndim != 2 or logits.shape[1] < 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
-        raise ValueError(f"expected logits (N, K) with N >= 1, K >= 2 and labels (N,), "
-                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")  # fmt: skip
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
-    if not torch.isfinite(logits).all():
-        raise ValueError("logits must be finite")
-    if int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]:
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    _check_logits(logits, labels)
     logits, labels = logits.detach().cpu(), labels.cpu()
     confidence, prediction = F.softmax(logits, dim=1).max(dim=1)  # (N,), (N,)
     correct = (prediction == labels).to(confidence.dtype)
@@ -225,16 +229,6 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) 
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
     """The expected calibration error of :func:`calibration` (same arguments and errors), in [0, 1]."""
     return calibration(logits, labels, num_bins).ece
-
-
-def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
-    if logits.ndim != 2 or logits.shape[1] < 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
-        raise ValueError(f"expected logits (N, K) with N >= 1, K >= 2 and labels (N,), "
-                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")  # fmt: skip
-    if not logits.is_floating_point() or not torch.isfinite(logits).all():
-        raise ValueError(f"logits must be finite floats, got dtype {logits.dtype}")
-    if int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]:
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in [{int(labels.min())}, {int(labels.max())}]")
 
 
 def brier_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
