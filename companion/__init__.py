@@ -19,7 +19,7 @@ Modules, one concern each and named like the book's ideas (every module of the p
 - measuring: :mod:`~companion.evaluation`, :mod:`~companion.summary`, :mod:`~companion.detection_metrics`,
   :mod:`~companion.interpret`;
 - training: :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
-  :mod:`~companion.finetune`, :mod:`~companion.simclr`, :mod:`~companion.mae`, :mod:`~companion.large_models` (memory, checkpointing,
+  :mod:`~companion.finetune`, :mod:`~companion.lora`, :mod:`~companion.simclr`, :mod:`~companion.mae`, :mod:`~companion.large_models` (memory, checkpointing,
   accumulation, FSDP2);
 - showing: :mod:`~companion.plots`, :mod:`~companion.diagrams`, :mod:`~companion.notebook` (glue and tables that work outside the
   book's build);
@@ -64,6 +64,7 @@ from . import (
     finetune,
     history,
     large_models,
+    lora,
     mae,
     modern_cnn,
     norm,
@@ -129,6 +130,7 @@ __all__ = [
     "history",
     "large_models",
     "interpret",
+    "lora",
     "mae",
     "modern_cnn",
     "norm",

@@ -287,6 +287,7 @@ class MultiHeadAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         average_attn_weights: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self_attention = query is key and key is value
         for name, t in (("query", query), ("key", key), ("value", value)):
             if t.ndim != 3 or t.shape[-1] != self.embed_dim:
                 layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
@@ -297,11 +298,16 @@ class MultiHeadAttention(nn.Module):
         N = key.shape[1]
         if key.shape[:2] != value.shape[:2] or key.shape[0] != B:
             raise ValueError(f"query, key and value disagree on B or N: {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
-        w_q, w_k, w_v = self.in_proj.weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None, None, None)
-        q = self._split_heads(F.linear(query, w_q, b_q))  # Q W^Q: (B, nh, M, hd)
-        k = self._split_heads(F.linear(key, w_k, b_k))  # K W^K: (B, nh, N, hd)
-        v = self._split_heads(F.linear(value, w_v, b_v))  # V W^V: (B, nh, N, hd)
+        if self_attention:  # one product with the stacked weight, as PyTorch does (and LoRA can wrap in_proj)
+            q, k, v = (self._split_heads(t) for t in self.in_proj(query).chunk(3, dim=-1))  # (B, nh, M, hd) each
+        else:
+            if not isinstance(self.in_proj, nn.Linear):
+                raise TypeError(f"cross-attention reads in_proj's weight directly; in_proj is {type(self.in_proj).__name__}")
+            w_q, w_k, w_v = self.in_proj.weight.chunk(3)
+            b_q, b_k, b_v = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None, None, None)
+            q = self._split_heads(F.linear(query, w_q, b_q))  # Q W^Q: (B, nh, M, hd)
+            k = self._split_heads(F.linear(key, w_k, b_k))  # K W^K: (B, nh, N, hd)
+            v = self._split_heads(F.linear(value, w_v, b_v))  # V W^V: (B, nh, N, hd)
         scores_mask = self._combined_mask(key_padding_mask, attn_mask, B, M, N, query.dtype)
         heads, weights = scaled_dot_product_attention(q, k, v, attn_mask=scores_mask, need_weights=True)  # (B, nh, M, hd)
         out = self.out_proj(heads.transpose(1, 2).reshape(B, M, D))  # concat heads, then W^O: (B, M, D)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Headless", "ProbeResult", "find_head", "freeze", "linear_probe", "param_groups", "replace_head", "unfreeze"]
+__all__ = ["Headless", "ProbeResult", "find_head", "freeze", "freeze_batch_norm", "linear_probe", "param_groups", "replace_head", "unfreeze"]
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -33,6 +33,44 @@ def unfreeze(module: nn.Module) -> nn.Module:
     for parameter in module.parameters():
         parameter.requires_grad_(True)
     return module
+
+
+def freeze_batch_norm(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` of ``model`` by torchvision's ``FrozenBatchNorm2d``, in place.
+
+    The frozen layer normalises with the running statistics the network was pretrained with and
+    applies its affine weight and bias, all stored as buffers: ``model.train()`` no longer switches
+    it to batch statistics, nothing updates the statistics, and an optimizer sees no batch-norm
+    parameters. This is how torchvision's detection models fine-tune their ImageNet backbones. The
+    output equals the original layer's in ``eval()`` mode up to rounding (the frozen layer folds
+    the statistics into one scale and shift); buffers keep the layer's device and dtype.
+
+    Args:
+        model: the network (an ``nn.BatchNorm2d`` itself is not replaced: pass its parent).
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: a batch-norm layer without running statistics (``track_running_stats=False``).
+    """
+    from torchvision.ops import FrozenBatchNorm2d
+
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and name]
+    for name, norm in found:  # all checked before any is replaced
+        if norm.running_mean is None:
+            raise ValueError(f"{name!r} has no running statistics (track_running_stats=False) to freeze")
+    for name, norm in found:
+        frozen = FrozenBatchNorm2d(norm.num_features, eps=norm.eps).to(norm.running_mean)  # device, dtype
+        with torch.no_grad():
+            frozen.running_mean.copy_(norm.running_mean)
+            frozen.running_var.copy_(norm.running_var)
+            if norm.affine:
+                frozen.weight.copy_(norm.weight)
+                frozen.bias.copy_(norm.bias)
+        parent_name, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, frozen)
+    return model
 
 
 def find_head(model: nn.Module) -> str:

@@ -15,7 +15,7 @@ LAYERS = [
     ["concepts", "cnn", "norm", "blocks", "rnn", "attention"],  # from-scratch building blocks
     ["modern_cnn", "pretrained", "detection", "segmentation"],  # networks
     ["evaluation", "summary", "detection_metrics", "interpret"],  # measuring
-    ["train", "recipes", "finetune", "simclr", "mae", "large_models"],  # training
+    ["train", "recipes", "finetune", "lora", "simclr", "mae", "large_models"],  # training
     ["plots", "diagrams", "notebook"],  # showing
     ["cli"],  # entry points
 ]

@@ -325,3 +325,40 @@ def test_linear_probe_leaves_a_feature_that_is_constant_in_training_unscaled():
     assert result.accuracy >= 0.9  # not swamped by the test-only feature
     with pytest.raises(ValueError, match="at least 2 training samples"):
         linear_probe(x[:1], y[:1], x, y)
+
+
+def test_freeze_batch_norm_keeps_the_eval_output_in_training_mode():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from companion.finetune import freeze_batch_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4, eps=1e-3), nn.ReLU(), nn.BatchNorm2d(4, affine=False))
+    model.train()
+    model(torch.randn(8, 2, 6, 6) * 3 + 1)  # running statistics away from (0, 1)
+    with torch.no_grad():
+        model[1].weight.normal_()
+        model[1].bias.normal_()
+    x = torch.randn(5, 2, 6, 6)
+    expected = model.eval()(x)
+    freeze_batch_norm(model).train()
+    assert isinstance(model[1], FrozenBatchNorm2d) and model[1].eps == 1e-3
+    torch.testing.assert_close(model(x), expected)
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias"]
+
+
+def test_freeze_batch_norm_refuses_a_norm_without_running_statistics():
+    from companion.finetune import freeze_batch_norm
+
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.BatchNorm2d(3, track_running_stats=False))
+    with pytest.raises(ValueError, match="'1' has no running statistics"):
+        freeze_batch_norm(model)
+    assert isinstance(model[0], nn.BatchNorm2d)  # nothing replaced
+
+
+def test_freeze_batch_norm_keeps_the_dtype():
+    from companion.finetune import freeze_batch_norm
+
+    model = freeze_batch_norm(nn.Sequential(nn.BatchNorm2d(3)).double().eval())
+    assert model[0].running_mean.dtype == torch.float64
+    assert model(torch.randn(1, 3, 2, 2, dtype=torch.float64)).dtype == torch.float64
