@@ -1,0 +1,107 @@
+"""Notebook helpers that work in the book's build and in any reader's kernel.
+
+The chapters put computed numbers into their prose with MyST's ``{glue:text}`` role, which
+needs `myst-nb <https://myst-nb.readthedocs.io>`_ — a tool of the book's build, not a
+dependency of this package. :func:`glue` uses myst-nb where it is installed and otherwise shows
+the values as a small table under the cell, so a chapter opened in Colab or a fresh kernel runs
+and still shows every number its text refers to. :func:`markdown_table` turns rows into the
+Markdown tables the chapters display.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Sequence
+
+__all__ = ["glue", "markdown_table", "markdown_table_text"]
+
+
+def _display(obj: object) -> None:
+    from IPython.display import display
+
+    display(obj)
+
+
+def glue(**values: object) -> None:
+    """Make each value available to the chapter's text under its keyword name.
+
+    In the book's build (myst-nb installed) each value is stored with ``myst_nb.glue(name,
+    value, display=False)`` and appears where the text says ``{glue:text}`name```. Elsewhere,
+    the values are displayed under the cell as a two-column table (name, value), so a reader
+    without myst-nb sees the same numbers.
+
+    Args:
+        **values: name → value; names must be valid Python identifiers (they are keywords),
+            values are usually preformatted strings such as ``f"{accuracy:.2%}"``.
+
+    Raises:
+        ValueError: no value was given.
+
+    Examples:
+        >>> glue(test_accuracy=f"{0.9912:.2%}")  # doctest: +SKIP
+    """
+    if not values:
+        raise ValueError("glue() needs at least one name=value")
+    if importlib.util.find_spec("myst_nb") is not None:
+        from myst_nb import glue as myst_glue
+
+        for name, value in values.items():
+            myst_glue(name, value, display=False)
+        return
+    _display(markdown_table(["glued value", "value"], [(f"`{name}`", value) for name, value in values.items()]))
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table_text(
+    headers: Sequence[object], rows: Iterable[Sequence[object]], align: str | None = None
+) -> str:
+    """A Markdown (GitHub/MyST) table as text.
+
+    Args:
+        headers: the column headings.
+        rows: one sequence of cell values per row, as many as ``headers``; values are
+            converted with ``str`` (format numbers before passing them), ``|`` is escaped.
+        align: one letter per column, ``"l"``, ``"r"`` or ``"c"`` (default: all left).
+
+    Returns:
+        The table, one line per row, header and separator first.
+
+    Raises:
+        ValueError: a row or ``align`` does not have one entry per column, or ``align`` holds
+            a letter other than l, r, c.
+
+    Examples:
+        >>> print(markdown_table_text(["model", "accuracy"], [("MLP", "97.4 %")], align="lr"))
+        | model | accuracy |
+        |:---|---:|
+        | MLP | 97.4 % |
+    """
+    headers = list(headers)
+    align = align or "l" * len(headers)
+    if len(align) != len(headers) or set(align) - set("lrc"):
+        raise ValueError(f"align must have one of l, r, c per column ({len(headers)}), got {align!r}")
+    rule = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
+    for i, row in enumerate(rows):
+        row = list(row)
+        if len(row) != len(headers):
+            raise ValueError(f"row {i} has {len(row)} cells, expected {len(headers)} (one per header)")
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[object], rows: Iterable[Sequence[object]], align: str | None = None):
+    """:func:`markdown_table_text` wrapped in ``IPython.display.Markdown``, ready to display.
+
+    The last expression of a cell is shown; the book's build parses it as MyST, so citations
+    and math in cells render.
+
+    Raises:
+        ValueError: as :func:`markdown_table_text`.
+    """
+    from IPython.display import Markdown
+
+    return Markdown(markdown_table_text(headers, rows, align))
