@@ -1,10 +1,11 @@
 """Convolutional building blocks: the residual block, depthwise-separable convolution, the inverted residual.
 
-Reading order: the residual block with its projection shortcut (He et al., 2016); depthwise and
-depthwise-separable convolution; TensorFlow's "same" padding; the inverted residual (MBConv)
-block (Sandler et al., 2018). Each is tested equal to its PyTorch or torchvision counterpart
-(torchvision's ``BasicBlock`` and ``InvertedResidual``, ``nn.Conv2d(groups=...)``) in float64,
-values and gradients.
+Reading order: the residual block with its projection shortcut (He et al., 2016) and its
+bottleneck form; depthwise and depthwise-separable convolution; TensorFlow's "same" padding;
+squeeze-and-excitation (Hu et al., 2018); the inverted residual (MBConv) block (Sandler et al.,
+2018). Each is tested equal to its PyTorch or torchvision counterpart (torchvision's
+``BasicBlock``, ``Bottleneck``, ``SqueezeExcitation`` and ``InvertedResidual``,
+``nn.Conv2d(groups=...)``) in float64, values and gradients.
 
 Chapter "Modern convolutional networks" derives and trains them; the networks built from them are
 in :mod:`companion.modern_cnn`, :mod:`companion.pretrained` (EfficientNet-Lite0 from
@@ -21,11 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "Bottleneck",
     "DepthwiseSeparableConv",
     "InvertedResidual",
     "MBConv",
     "NormLayer",
     "ResidualBlock",
+    "SqueezeExcitation",
     "conv_bn_relu",
     "depthwise_conv2d",
     "pad_tf_same",
@@ -100,6 +103,61 @@ class ResidualBlock(nn.Module):
             return self.relu(out)  # plain block
         identity = x if self.downsample is None else self.downsample(x)  # S(x), same shape as F(x)
         return self.relu(out + identity)  # y = ReLU(F(x) + S(x))
+
+
+class Bottleneck(nn.Module):
+    r"""The bottleneck residual block of ResNet-50/101/152 (He et al., 2016), in torchvision's form.
+
+    ``F``: conv 1×1 (``in_channels`` → ``width``, narrowing) → norm → ReLU → conv 3×3
+    (``stride``) → norm → ReLU → conv 1×1 (``width`` → ``4 · width``, widening) → norm;
+    ``y = ReLU(F(x) + S(x))`` with the identity shortcut when the shapes agree, else the
+    projection conv 1×1 (``stride``) → norm. The stride sits on the 3×3 convolution, as in
+    torchvision (and Caffe2's "ResNet v1.5"); the paper put it on the first 1×1. Attribute names
+    follow torchvision's ``Bottleneck`` (``conv1 … bn3, downsample``), so its state dict loads as
+    is. A 1×1–3×3–1×1 block costs less than two 3×3 convolutions at the wide width: the 3×3
+    runs on a quarter of the channels.
+
+    Args:
+        in_channels: channels in.
+        width: channels of the 3×3 convolution; the block outputs ``expansion · width`` (4·width).
+        stride: 1 or 2.
+        norm_layer: as :class:`ResidualBlock`.
+
+    Shape:
+        - Input: (B, in_channels, H, W).
+        - Output: (B, 4 · width, ⌈H / stride⌉, ⌈W / stride⌉).
+
+    Raises:
+        ValueError: ``stride`` not 1 or 2, or channels < 1.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1, norm_layer: NormLayer | None = None) -> None:
+        super().__init__()
+        if stride not in (1, 2) or min(in_channels, width) < 1:
+            raise ValueError(f"expected stride 1 or 2 and positive channels, got in_channels={in_channels}, "
+                             f"width={width}, stride={stride}")  # fmt: skip
+        norm_layer = norm_layer or nn.BatchNorm2d
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = norm_layer(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = norm_layer(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = norm_layer(out_channels)
+        self.relu = nn.ReLU()
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:  # projection shortcut (option B)
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                            norm_layer(out_channels))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))  # narrow: (B, width, H, W)
+        out = self.relu(self.bn2(self.conv2(out)))  # 3×3 on the narrow width, stride here
+        out = self.bn3(self.conv3(out))  # wide again: F(x), (B, 4 · width, H / s, W / s)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
 
 
 def depthwise_conv2d(
@@ -245,6 +303,49 @@ def pad_tf_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
     top, bottom = tf_same_padding(x.shape[-2], kernel_size, stride)
     left, right = tf_same_padding(x.shape[-1], kernel_size, stride)
     return F.pad(x, (left, right, top, bottom))
+
+
+class SqueezeExcitation(nn.Module):
+    r"""Squeeze-and-excitation (Hu et al., 2018): reweight each channel by a gate computed from all.
+
+    *Squeeze*: the global average of each channel, :math:`z_c = \frac{1}{HW}\sum_{h,w} x_{c,h,w}`;
+    *excitation*: :math:`s = \sigma\big(W_2\, \delta(W_1 z + b_1) + b_2\big)` with a narrowing
+    ``W_1`` (C → ``squeeze_channels``), the activation δ and the sigmoid σ; output
+    :math:`x_{c,h,w} \cdot s_c`. Written, as in torchvision, with 1×1 convolutions ``fc1``, ``fc2``
+    (state-dict compatible with ``torchvision.ops.SqueezeExcitation``). MnasNet-A1 and EfficientNet
+    put it inside their MBConv blocks.
+
+    Args:
+        input_channels: C.
+        squeeze_channels: the gate's hidden width (EfficientNet: a quarter of the block's input
+            channels), >= 1.
+        activation: builds δ (default ``nn.ReLU``; EfficientNet uses ``nn.SiLU``).
+        scale_activation: builds σ (default ``nn.Sigmoid``).
+
+    Shape:
+        - Input: (B, C, H, W); output the same.
+
+    Raises:
+        ValueError: channels < 1.
+    """
+
+    def __init__(self, input_channels: int, squeeze_channels: int,
+                 activation: Callable[[], nn.Module] = nn.ReLU,
+                 scale_activation: Callable[[], nn.Module] = nn.Sigmoid) -> None:  # fmt: skip
+        super().__init__()
+        if min(input_channels, squeeze_channels) < 1:
+            raise ValueError(f"channels must be >= 1, got input_channels={input_channels}, "
+                             f"squeeze_channels={squeeze_channels}")  # fmt: skip
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(input_channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, input_channels, 1)
+        self.activation = activation()
+        self.scale_activation = scale_activation()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.avgpool(x)  # squeeze: (B, C, 1, 1)
+        s = self.scale_activation(self.fc2(self.activation(self.fc1(z))))  # excitation: (B, C, 1, 1) in (0, 1)
+        return x * s  # each channel scaled by its gate
 
 
 def _like_batch_norm(bn: nn.BatchNorm2d) -> NormLayer:

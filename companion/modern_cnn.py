@@ -1,8 +1,10 @@
 """The networks of the chapter "Modern convolutional networks": a plain or residual deep CNN, and efficient CNNs.
 
 :class:`DeepCNN` reproduces He et al.'s (2016) degradation experiment in miniature (plain against
-residual at equal depth); :class:`EfficientCNN` compares block families (plain convolutions,
-depthwise-separable, inverted residual) at equal width. Their layers come from
+residual at equal depth); :class:`ResNet` builds ResNet-50 (and its siblings) from
+:class:`~companion.blocks.Bottleneck` blocks, state-dict compatible with torchvision's;
+:class:`EfficientCNN` compares block families (plain convolutions, depthwise-separable, inverted
+residual) at equal width. Their layers come from
 :mod:`companion.blocks`; the normalisations the chapter derives are in :mod:`companion.norm`.
 """
 
@@ -14,11 +16,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .blocks import DepthwiseSeparableConv, InvertedResidual, ResidualBlock
+from .blocks import Bottleneck, DepthwiseSeparableConv, InvertedResidual, ResidualBlock
 
 __all__ = [
     "DeepCNN",
     "EfficientCNN",
+    "ResNet",
+    "resnet50",
 ]
 
 
@@ -164,3 +168,59 @@ class EfficientCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class ResNet(nn.Module):
+    """ResNet with bottleneck blocks (He et al., 2016), laid out and named as torchvision's ``ResNet``.
+
+    ``conv1`` 7×7 (stride 2, 64 channels) → ``bn1`` → ReLU → ``maxpool`` 3×3 (stride 2) →
+    ``layer1`` … ``layer4`` (``layers[i]`` :class:`~companion.blocks.Bottleneck` blocks of width
+    64, 128, 256, 512; the first block of layers 2–4 has stride 2) → global average pool → ``fc``.
+    ``layers=(3, 4, 6, 3)`` is ResNet-50, ``(3, 4, 23, 3)`` ResNet-101, ``(3, 8, 36, 3)``
+    ResNet-152; torchvision's state dicts load into it as they are (``load_state_dict``, strict).
+
+    Args:
+        layers: blocks per stage, four integers >= 1.
+        num_classes: outputs of ``fc``.
+
+    Shape:
+        - Input: (B, 3, H, W); 224 × 224 as trained on ImageNet.
+        - Output: (B, num_classes) logits.
+
+    Raises:
+        ValueError: ``layers`` is not four integers >= 1, or ``num_classes < 1``.
+    """
+
+    def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), num_classes: int = 1000) -> None:
+        super().__init__()
+        if len(layers) != 4 or min(layers) < 1 or num_classes < 1:
+            raise ValueError(f"expected four block counts >= 1 and num_classes >= 1, got {tuple(layers)}, {num_classes}")
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        channels = 64
+        for index, (width, count) in enumerate(zip((64, 128, 256, 512), layers)):
+            blocks = []
+            for i in range(count):
+                blocks.append(Bottleneck(channels, width, stride=2 if i == 0 and index > 0 else 1))
+                channels = width * Bottleneck.expansion
+            setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → pooled features (B, 2048)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 2048, H/32, W/32)
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """ResNet-50: :class:`ResNet` with ``layers=(3, 4, 6, 3)``, randomly initialised (25.6 M
+    parameters at 1000 classes; build it under ``torch.device("meta")`` to count them without
+    memory)."""
+    return ResNet((3, 4, 6, 3), num_classes)

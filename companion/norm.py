@@ -1,9 +1,10 @@
-"""Normalisation layers from their equations: batch normalisation (with running estimates) and layer normalisation.
+"""Normalisation layers from their equations: batch normalisation (with running estimates), layer and group normalisation.
 
 Reading order: :func:`batch_norm` (a function: training statistics, running estimates,
 evaluation), :class:`BatchNorm2d` (the module that keeps the estimates), :func:`layer_norm` and
-:class:`LayerNorm`. Each is tested equal to PyTorch's (``F.batch_norm`` / ``nn.BatchNorm2d``,
-``F.layer_norm`` / ``nn.LayerNorm``) in float64, values, gradients and running estimates.
+:class:`LayerNorm`, :func:`group_norm` and :class:`GroupNorm`. Each is tested equal to PyTorch's
+(``F.batch_norm`` / ``nn.BatchNorm2d``, ``F.layer_norm`` / ``nn.LayerNorm``, ``F.group_norm`` /
+``nn.GroupNorm``) in float64, values, gradients and running estimates.
 
 Chapter "Modern convolutional networks" derives them and measures what they change.
 """
@@ -17,8 +18,10 @@ from torch import nn
 
 __all__ = [
     "BatchNorm2d",
+    "GroupNorm",
     "LayerNorm",
     "batch_norm",
+    "group_norm",
     "layer_norm",
 ]
 
@@ -211,3 +214,81 @@ class LayerNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"
+
+
+def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    r"""Group normalisation (Wu & He, 2018), as ``F.group_norm`` computes it.
+
+    The C channels of each sample are split into ``num_groups`` groups of C / G consecutive
+    channels; each group is normalised over its channels and all spatial positions, with its own
+    mean and biased variance, then every channel gets its own γ and β:
+    :math:`y = \gamma_c (x - \mu_{b,g}) / \sqrt{\sigma^2_{b,g} + \epsilon} + \beta_c`. No
+    statistic crosses samples, so the result does not depend on the batch size (batch
+    normalisation's weakness at small batches). ``num_groups = 1`` normalises each sample over
+    all its channels and positions (layer normalisation over (C, H, W), with per-channel γ, β);
+    ``num_groups = C`` normalises each channel of each sample alone (instance normalisation).
+
+    Args:
+        input: ``(B, C, *)`` float tensor.
+        num_groups: G, which divides C.
+        weight, bias: γ and β, (C,); ``None`` means 1 and 0.
+        eps: ε > 0 added to the variance.
+
+    Returns:
+        Tensor of ``input``'s shape and dtype.
+
+    Raises:
+        ValueError: ``input`` has fewer than 2 dimensions, G does not divide C, or ``weight``/``bias``
+            are not (C,).
+    """
+    if input.ndim < 2:
+        raise ValueError(f"group_norm expects input of shape (B, C, *), got {tuple(input.shape)}")
+    B, C = input.shape[:2]
+    if num_groups < 1 or C % num_groups != 0:
+        raise ValueError(f"num_groups must divide the {C} channels, got {num_groups}")
+    for name, tensor in [("weight", weight), ("bias", bias)]:
+        if tensor is not None and tuple(tensor.shape) != (C,):
+            raise ValueError(f"{name} must have shape ({C},), got {tuple(tensor.shape)}")
+    grouped = input.reshape(B, num_groups, -1)  # (B, G, C/G · spatial)
+    mean = grouped.mean(-1, keepdim=True)  # μ per sample and group
+    var = grouped.var(-1, unbiased=False, keepdim=True)  # biased σ² per sample and group
+    y = ((grouped - mean) / torch.sqrt(var + eps)).reshape(input.shape)
+    shape = (1, C) + (1,) * (input.ndim - 2)  # γ, β per channel
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+class GroupNorm(nn.Module):
+    """:func:`group_norm` as a module, state-dict compatible with ``nn.GroupNorm``
+    (same arguments: ``num_groups``, ``num_channels``, ``eps``, ``affine``).
+
+    Shape:
+        - Input: (B, num_channels, *); output the same.
+
+    Raises:
+        ValueError: ``num_groups`` does not divide ``num_channels`` (at construction), or as
+            :func:`group_norm`.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups != 0:
+            raise ValueError(f"num_groups must divide num_channels, got {num_groups} and {num_channels}")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"

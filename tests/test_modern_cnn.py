@@ -15,16 +15,18 @@ from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvert
 from torchvision.models.resnet import BasicBlock
 
 from companion.blocks import (
+    Bottleneck,
     DepthwiseSeparableConv,
     InvertedResidual,
     MBConv,
     ResidualBlock,
+    SqueezeExcitation,
     depthwise_conv2d,
     pad_tf_same,
     tf_same_padding,
 )
-from companion.modern_cnn import DeepCNN, EfficientCNN
-from companion.norm import BatchNorm2d, LayerNorm, batch_norm, layer_norm
+from companion.modern_cnn import DeepCNN, EfficientCNN, ResNet, resnet50
+from companion.norm import BatchNorm2d, GroupNorm, LayerNorm, batch_norm, group_norm, layer_norm
 from companion.summary import count_parameters, layer_table
 
 D = torch.float64
@@ -399,3 +401,93 @@ def test_pad_tf_same_pads_each_axis_by_its_own_size_and_refuses_a_vector():
     assert F.conv2d(padded, torch.ones(1, 1, 3, 3, dtype=D), stride=2).shape[-2:] == (2, 3)
     with pytest.raises(ValueError, match=r"\(\.\.\., H, W\)"):
         pad_tf_same(torch.zeros(5), 3, 2)
+
+
+
+# --- bottleneck, ResNet-50, squeeze-and-excitation, group normalisation -----------------------
+
+
+@pytest.mark.parametrize("in_channels, width, stride", [(16, 4, 1), (8, 4, 1), (16, 4, 2), (8, 2, 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_bottleneck_equals_torchvision(in_channels, width, stride, training):
+    from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
+
+    ours = randomize(Bottleneck(in_channels, width, stride).double())
+    projection = stride != 1 or in_channels != 4 * width
+    assert (ours.downsample is not None) == projection
+    downsample = None
+    if projection:
+        downsample = nn.Sequential(nn.Conv2d(in_channels, 4 * width, 1, stride, bias=False),
+                                   nn.BatchNorm2d(4 * width))  # fmt: skip
+    theirs = TorchvisionBottleneck(in_channels, width, stride, downsample).double()
+    theirs.load_state_dict(ours.state_dict())  # strict: the same keys
+    ours.train(training), theirs.train(training)
+    assert_modules_agree(ours, theirs, rand(2, in_channels, 7, 6))
+
+
+def test_resnet50_is_torchvision_s_resnet50():
+    from torchvision.models import resnet50 as torchvision_resnet50
+
+    with torch.device("meta"):  # no memory: shapes only
+        assert count_parameters(resnet50()) == count_parameters(torchvision_resnet50()) == 25_557_032
+    theirs = randomize(torchvision_resnet50(num_classes=10).double())
+    ours = resnet50(num_classes=10).double()
+    ours.load_state_dict(theirs.state_dict())  # strict
+    for training in (True, False):
+        ours.train(training), theirs.train(training)
+        x = rand(2, 3, 64, 64)
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_resnet_errors():
+    with pytest.raises(ValueError, match="four block counts"):
+        ResNet((3, 4, 6))
+    with pytest.raises(ValueError, match="four block counts"):
+        ResNet((3, 0, 6, 3))
+    with pytest.raises(ValueError, match="stride 1 or 2"):
+        Bottleneck(8, 2, stride=3)
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.SiLU])
+def test_squeeze_excitation_equals_torchvision(activation):
+    from torchvision.ops import SqueezeExcitation as TorchvisionSE
+
+    ours = randomize(SqueezeExcitation(12, 3, activation=activation).double())
+    theirs = TorchvisionSE(12, 3, activation=activation).double()
+    theirs.load_state_dict(ours.state_dict())
+    assert_modules_agree(ours, theirs, rand(2, 12, 5, 4))
+
+
+def test_squeeze_excitation_by_hand():
+    se = randomize(SqueezeExcitation(3, 2).double())
+    x = rand(1, 3, 4, 4)
+    z = x.mean((2, 3)).flatten()  # squeeze
+    w1, b1 = se.fc1.weight[:, :, 0, 0], se.fc1.bias
+    w2, b2 = se.fc2.weight[:, :, 0, 0], se.fc2.bias
+    gate = torch.sigmoid(w2 @ torch.relu(w1 @ z + b1) + b2)  # excitation, one value per channel
+    torch.testing.assert_close(se(x), x * gate[None, :, None, None])
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        SqueezeExcitation(3, 0)
+
+
+@pytest.mark.parametrize("num_groups, channels, shape", [(1, 6, (5, 4)), (3, 6, (5, 4)), (6, 6, (3,)), (2, 4, ())])
+def test_group_norm_equals_pytorch(num_groups, channels, shape):
+    theirs = randomize(nn.GroupNorm(num_groups, channels).double())
+    ours = GroupNorm(num_groups, channels).double()
+    ours.load_state_dict(theirs.state_dict())
+    assert_modules_agree(ours, theirs, rand(3, channels, *shape))
+    plain = group_norm(rand(2, channels, *shape), num_groups)
+    torch.testing.assert_close(plain, F.group_norm(rand(2, channels, *shape), num_groups))
+
+
+def test_group_norm_does_not_depend_on_the_batch_and_errors():
+    x = rand(8, 6, 4, 4)
+    torch.testing.assert_close(group_norm(x, 3)[:1], group_norm(x[:1], 3))  # one sample alone: the same
+    with pytest.raises(ValueError, match="must divide"):
+        group_norm(x, 4)
+    with pytest.raises(ValueError, match="must divide"):
+        GroupNorm(4, 6)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        group_norm(x, 3, weight=torch.ones(5, dtype=D))
+    with pytest.raises(ValueError, match="shape \\(B, C, \\*\\)"):
+        group_norm(torch.ones(4), 2)

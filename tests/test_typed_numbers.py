@@ -61,6 +61,8 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("28 %", "arithmetic: 1 - 18/25 of the worked solution"),
     ],
     "modern_cnns": [
+        ("256", "setting: the bottleneck's channels in the cost comparison (ResNet-50's first stage)"),
+        ("4", "sourced fact: ResNet-50's 3, 4, 6 and 3 bottleneck blocks (He et al.)"),
         ("8", "setting: depth of the experiments' networks; sourced fact: AlexNet's 8 layers (Krizhevsky et al.)"),
         ("152", "sourced fact: ResNet-152's depth (He et al.)"),
         ("5,000", "setting: training images held out for validation"),
