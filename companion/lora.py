@@ -116,7 +116,7 @@ class LoRALinear(_LoRALayer):
         dropout: probability of LoRA's input dropout, in [0, 1) (training mode only).
 
     Shape:
-        - Input: (*, in_features); output: (*, out_features), like ``base_layer``.
+        - Input: ``(*, in_features)``; output: ``(*, out_features)``, like ``base_layer``.
         - ``lora_A.weight``: (r, in_features); ``lora_B.weight``: (out_features, r).
 
     Raises:

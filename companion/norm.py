@@ -272,7 +272,7 @@ class GroupNorm(nn.Module):
     (same arguments: ``num_groups``, ``num_channels``, ``eps``, ``affine``).
 
     Shape:
-        - Input: (B, num_channels, *); output the same.
+        - Input: ``(B, num_channels, *)``; output the same.
 
     Raises:
         ValueError: ``num_groups`` does not divide ``num_channels`` (at construction), or as
