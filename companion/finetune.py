@@ -68,8 +68,7 @@ def freeze_batch_norm(model: nn.Module) -> nn.Module:
             if norm.affine:
                 frozen.weight.copy_(norm.weight)
                 frozen.bias.copy_(norm.bias)
-        parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attribute, frozen)
+        model.set_submodule(name, frozen)
     return model
 
 
@@ -119,9 +118,7 @@ def replace_head(model: nn.Module, num_classes: int, name: str | None = None) ->
         found = "nothing" if old is None else type(old).__name__
         raise ValueError(f"{name!r} must name an nn.Linear of {type(model).__name__}, found {found}")
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
-    parent_name, _, attribute = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attribute, new)  # also works for nn.Sequential children named "6"
+    model.set_submodule(name, new)  # also works for nn.Sequential children named "6"
     return new
 
 

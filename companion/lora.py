@@ -291,16 +291,10 @@ def apply_lora(
     for name in sorted(targeted):
         module = model.get_submodule(name)
         layer = LoRALinear if isinstance(module, nn.Linear) else LoRAConv2d
-        _set_submodule(model, name, layer(module, rank, alpha, dropout))
+        model.set_submodule(name, layer(module, rank, alpha, dropout))
     for name in saved:
         model.get_submodule(name).requires_grad_(True)
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attribute = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attribute, module)  # also works for nn.Sequential children named "0"
 
 
 @torch.no_grad()
@@ -326,6 +320,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, layer in layers.items():
         if not layer.merged:
             layer.merge()
-        _set_submodule(model, name, layer.base_layer)
+        model.set_submodule(name, layer.base_layer)
     model.requires_grad_(True)
     return model
