@@ -21,6 +21,8 @@ Modules, one concern each and named like the book's ideas (every module of the p
 - training: :mod:`~companion.train` (the one training loop), :mod:`~companion.recipes`,
   :mod:`~companion.finetune`, :mod:`~companion.lora`, :mod:`~companion.simclr`, :mod:`~companion.mae`, :mod:`~companion.large_models` (memory, checkpointing,
   accumulation, FSDP2);
+- shipping: :mod:`~companion.distillation`, :mod:`~companion.quantization` (int8 from scratch and
+  PyTorch's PT2E flow), :mod:`~companion.export` (ONNX and ONNX Runtime);
 - showing: :mod:`~companion.plots`, :mod:`~companion.diagrams`, :mod:`~companion.notebook` (glue and tables that work outside the
   book's build);
 - entry points: :mod:`~companion.cli` (``python -m companion``).
@@ -59,8 +61,10 @@ from . import (
     detection_metrics,
     device,
     diagrams,
+    distillation,
     distributed,
     evaluation,
+    export,
     finetune,
     history,
     large_models,
@@ -71,6 +75,7 @@ from . import (
     notebook,
     plots,
     pretrained,
+    quantization,
     recipes,
     rnn,
     scenes,
@@ -124,8 +129,10 @@ __all__ = [
     "detection_metrics",
     "device",
     "diagrams",
+    "distillation",
     "distributed",
     "evaluation",
+    "export",
     "finetune",
     "history",
     "large_models",
@@ -137,6 +144,7 @@ __all__ = [
     "notebook",
     "plots",
     "pretrained",
+    "quantization",
     "recipes",
     "rnn",
     "scenes",

@@ -4,8 +4,9 @@ Every function here runs the model in ``eval()`` mode under :func:`torch.inferen
 :func:`companion.utils.eval_mode`, which puts the model's previous mode back afterwards — also when the model or
 the loader raises. Tensors that leave this module are on the CPU. Explained in the chapter
 "MNIST in practice" (:func:`calibration`, :func:`fit_temperature` and :func:`brier_score` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning".
-The two summaries of a result's uncertainty are here too: :func:`wilson_interval` for one accuracy
-on a finite test set, :func:`mean_std` for a result repeated over seeds.
+The summaries of a result's uncertainty are here too: :func:`wilson_interval` for one accuracy
+on a finite test set, :func:`mean_std` for a result repeated over seeds, and
+:func:`paired_t_interval` for the difference of two methods run with the same seeds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ __all__ = [
     "extract_features",
     "fit_temperature",
     "mean_std",
+    "paired_t_interval",
     "predict",
+    "t_quantile",
     "wilson_interval",
 ]
 
@@ -362,3 +365,93 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
         raise ValueError("mean_std needs at least one value, got none")
     sd = data.std().item() if data.numel() > 1 else math.nan
     return data.mean().item(), sd
+
+
+def _t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with integer ``df``: the finite series of Abramowitz and Stegun 26.7.3-4."""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:  # odd: A = (2/π)(θ + sin θ cos θ (1 + 2/3 cos²θ + (2·4)/(3·5) cos⁴θ + ...))
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        inside = (2 / math.pi) * (theta + s * math.cos(theta) * total)
+    else:  # even: A = sin θ (1 + 1/2 cos²θ + (1·3)/(2·4) cos⁴θ + ...)
+        term, total = 1.0, 1.0
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        inside = s * total
+    return 0.5 + math.copysign(inside / 2, t)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t distribution with ``df`` degrees of freedom.
+
+    The distribution function is the exact finite series for integer ``df`` (Abramowitz and Stegun,
+    *Handbook of Mathematical Functions*, 26.7.3 and 26.7.4), inverted by bisection to float64
+    precision. Equal to ``scipy.stats.t.ppf(p, df)`` (tested); ``t_quantile(0.975, 2)`` is
+    :math:`4.303 = \\sqrt{2}\\, (2p - 1) / \\sqrt{1 - (2p - 1)^2}`.
+
+    Args:
+        p: probability in (0, 1).
+        df: degrees of freedom, an int >= 1 (n - 1 for n paired runs).
+
+    Returns:
+        The quantile, a float (negative for ``p < 0.5``).
+
+    Raises:
+        TypeError: ``df`` is not an int.
+        ValueError: ``p`` outside (0, 1) or ``df < 1``.
+
+    Examples:
+        >>> round(t_quantile(0.975, 4), 4)
+        2.7764
+    """
+    if isinstance(df, bool) or not isinstance(df, int):
+        raise TypeError(f"df must be an int >= 1, got {type(df).__name__}")
+    if df < 1 or not 0 < p < 1:
+        raise ValueError(f"need 0 < p < 1 and df >= 1, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    low, high = 0.0, 1.0
+    while _t_cdf(high, df) < p:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if _t_cdf(middle, df) < p else (low, middle)
+    return (low + high) / 2
+
+
+def paired_t_interval(
+    a: Iterable[float], b: Iterable[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of the paired differences ``a[i] - b[i]`` and its confidence interval (paired t).
+
+    For two methods run with the same seeds (same data order, same initial weights where they
+    share a shape), pairing removes the variation the seeds share. With n pairs, mean
+    :math:`\\bar d` and sample standard deviation :math:`s_d`, the interval is
+    :math:`\\bar d \\pm t_{(1 + c)/2,\\, n-1}\\, s_d / \\sqrt{n}`; it excludes 0 exactly when
+    ``scipy.stats.ttest_rel(a, b)`` rejects "no difference" at level 1 - c (tested).
+
+    Args:
+        a, b: n >= 2 numbers each, paired by position, in one unit (points of accuracy, say).
+        confidence: coverage in (0, 1).
+
+    Returns:
+        ``(mean, low, high)`` in the unit of ``a``.
+
+    Raises:
+        ValueError: lengths that differ, fewer than 2 pairs, or ``confidence`` outside (0, 1).
+    """
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need two equally long sequences of >= 2 paired values, got {len(a)} and {len(b)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    mean, sd = mean_std([x - y for x, y in zip(a, b)])
+    half = t_quantile((1 + confidence) / 2, len(a) - 1) * sd / math.sqrt(len(a))
+    return mean, mean - half, mean + half

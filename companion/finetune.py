@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Headless", "ProbeResult", "find_head", "freeze", "freeze_batch_norm", "linear_probe", "param_groups", "replace_head", "unfreeze"]
+__all__ = ["Headless", "ProbeResult", "Standardize", "find_head", "freeze", "freeze_batch_norm", "linear_probe", "param_groups", "replace_head", "unfreeze"]
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -210,6 +210,34 @@ class Headless(nn.Module):
         return self.forward_features(x)
 
 
+class Standardize(nn.Module):
+    """Per-feature standardisation as a layer: ``(x - mean) / std``, with fixed statistics.
+
+    Args:
+        mean: (D,) floating point, the training features' mean.
+        std: (D,) floating point, > 0, their standard deviation.
+
+    Shape:
+        - Input: (B, D).
+        - Output: (B, D), the input's dtype.
+
+    Raises:
+        ValueError: ``mean`` and ``std`` are not two (D,) tensors, or a ``std`` is not > 0.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        if mean.dim() != 1 or mean.shape != std.shape:
+            raise ValueError(f"mean and std must both be (D,), got {tuple(mean.shape)} and {tuple(std.shape)}")
+        if not bool((std > 0).all()):
+            raise ValueError("std must be > 0 for every feature")
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """A trained linear probe.
@@ -228,6 +256,39 @@ class ProbeResult:
     mean: torch.Tensor
     std: torch.Tensor
     seconds: float
+
+    def classifier(self) -> nn.Sequential:
+        """The probe as a module on raw features: :class:`Standardize` then a copy of ``head``.
+
+        ``classifier()(features)`` equals ``head((features - mean) / std)``. Unlike
+        :meth:`folded_head`, the standardisation stays a layer of its own, so ``head``'s weights keep
+        their trained range (what int8 quantisation needs; chapter "Shipping models").
+
+        Returns:
+            ``nn.Sequential(Standardize(mean, std), head)``, on the CPU.
+        """
+        import copy
+
+        return nn.Sequential(Standardize(self.mean.cpu(), self.std.cpu()), copy.deepcopy(self.head))
+
+    def folded_head(self) -> nn.Linear:
+        """The probe as one ``nn.Linear`` on raw features: the standardisation folded into its weights.
+
+        ``folded_head()(features)`` equals ``head((features - mean) / std)`` up to rounding, with
+        weight :math:`W / \\sigma` (column-wise) and bias :math:`b - (W / \\sigma)\\, \\mu`, so a
+        feature extractor followed by it is one network. Exact in float32, but a feature with a small
+        :math:`\\sigma` gets a large column, which widens its row's int8 range: for quantisation,
+        prefer :meth:`classifier`.
+
+        Returns:
+            A new ``nn.Linear(D, num_classes)`` on the CPU, ``head``'s dtype.
+        """
+        weight = self.head.weight.detach() / self.std.to(self.head.weight)
+        folded = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype)
+        with torch.no_grad():
+            folded.weight.copy_(weight)
+            folded.bias.copy_(self.head.bias.detach() - weight @ self.mean.to(weight))
+        return folded
 
 
 def linear_probe(

@@ -16,6 +16,7 @@ LAYERS = [
     ["modern_cnn", "pretrained", "detection", "segmentation"],  # networks
     ["evaluation", "summary", "detection_metrics", "interpret"],  # measuring
     ["train", "recipes", "finetune", "lora", "simclr", "mae", "large_models"],  # training
+    ["distillation", "quantization", "export"],  # shipping
     ["plots", "diagrams", "notebook"],  # showing
     ["cli"],  # entry points
 ]

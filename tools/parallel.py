@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 #: Notebooks (file stems) whose cells compare speeds: executed alone, with the default threads.
-TIMED_ALONE = frozenset({"mnist_in_practice", "modern_cnns", "pretrained_models", "trends", "environment"})
+TIMED_ALONE = frozenset({"mnist_in_practice", "modern_cnns", "pretrained_models", "shipping", "trends", "environment"})
 #: Set to "1" in the kernels and subprocesses of work that shares the CPU with other work
 #: (read by :func:`companion.device.timing_conditions`).
 from companion.device import SHARED_CPU_ENV as SHARED_ENV  # noqa: E402
