@@ -16,6 +16,7 @@ Explained in the chapter "Shipping models".
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,7 @@ def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
             "student_logits and teacher_logits must have the same shape (N, K), got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
 
 
@@ -102,7 +103,7 @@ def distillation_loss(
         raise ValueError(f"target must have shape ({student_logits.shape[0]},), got {tuple(target.shape)}")
     if target.numel() and (target.min() < 0 or target.max() >= student_logits.shape[1]):
         raise ValueError(f"target must lie in [0, {student_logits.shape[1]}), got [{target.min()}, {target.max()}]")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     soft = soft_target_loss(student_logits, teacher_logits, temperature)
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, target)
@@ -139,9 +140,9 @@ def cached_distillation_loss(
     teacher_logits = teacher_logits.detach()
 
     def batch_loss(model: nn.Module, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, None]:
-        index = index.to(teacher_logits.device)
         logits = model(x)
-        teacher = teacher_logits[index].to(logits.device)
-        return distillation_loss(logits, teacher, target[index].to(logits.device), temperature, alpha), None
+        teacher = teacher_logits[index.to(teacher_logits.device)].to(logits.device)
+        labels = target[index.to(target.device)].to(logits.device)
+        return distillation_loss(logits, teacher, labels, temperature, alpha), None
 
     return batch_loss

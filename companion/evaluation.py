@@ -445,9 +445,12 @@ def paired_t_interval(
         ``(mean, low, high)`` in the unit of ``a``.
 
     Raises:
-        ValueError: lengths that differ, fewer than 2 pairs, or ``confidence`` outside (0, 1).
+        ValueError: lengths that differ, fewer than 2 pairs, a value that is not finite, or
+            ``confidence`` outside (0, 1).
     """
     a, b = [float(v) for v in a], [float(v) for v in b]
+    if not all(math.isfinite(v) for v in a + b):
+        raise ValueError("a and b must hold finite numbers (a NaN or an infinity arrived)")
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"need two equally long sequences of >= 2 paired values, got {len(a)} and {len(b)}")
     if not 0 < confidence < 1:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .utils import atomic_write
+from .utils import atomic_write, eval_mode
 
 __all__ = ["OnnxRuntimeModule", "export_onnx", "quantize_onnx"]
 
@@ -44,8 +44,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
     at once (:func:`~companion.utils.atomic_write`): an export that fails leaves ``path`` as it was.
 
     Args:
-        model: a network on the CPU; put in eval mode.
-        example_inputs: a tuple of example input tensors, the first a batch (B, ...).
+        model: a network on the CPU; exported in eval mode (its own mode is put back).
+        example_inputs: a tuple of example input tensors, the first a batch (B, ...) with B >= 2
+            (``torch.export`` would fix a batch of 1 into the graph).
         path: the ``.onnx`` file to write (its folder is created).
 
     Returns:
@@ -54,6 +55,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
     Raises:
         ImportError: onnx or onnxscript is missing (the extra ``shipping``).
         TypeError: ``model`` is not an ``nn.Module`` or ``example_inputs`` not a tuple of tensors.
+        ValueError: an example batch of fewer than 2.
 
     Source: PyTorch's ``torch.onnx.export`` documentation (the ``dynamo=True`` exporter).
     """
@@ -61,13 +63,17 @@ def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise TypeError(f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}")
+    if not example_inputs or example_inputs[0].dim() == 0 or example_inputs[0].shape[0] < 2:
+        shape = tuple(example_inputs[0].shape) if example_inputs else None
+        raise ValueError(f"example_inputs[0] must be a batch of at least 2 (B, ...), got shape {shape}")
     onnx = _require("onnx")
     _require("onnxscript")
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if i == 0 else None for i in range(len(example_inputs)))
-    program = torch.onnx.export(
-        model.eval(), example_inputs, dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False
-    )
+    with eval_mode(model):
+        program = torch.onnx.export(
+            model, example_inputs, dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False
+        )
     onnx.checker.check_model(program.model_proto)
     path = Path(path)
     with atomic_write(path) as out:
@@ -93,7 +99,8 @@ def quantize_onnx(
         skip: names of the PyTorch submodules whose operators stay float32 (as in
             :func:`companion.quantization.quantize_pt2e`). They are found through the module path
             the exporter records in each ONNX node (``pkg.torch.onnx.name_scopes``), so ``source``
-            must come from :func:`export_onnx` (``torch.onnx.export(..., dynamo=True)``).
+            must come from :func:`export_onnx` (``torch.onnx.export(..., dynamo=True)``). A node that
+            ONNX Runtime's pre-processing creates carries no such path and is quantised.
 
     Returns:
         ``target`` as a :class:`~pathlib.Path`.
@@ -160,8 +167,9 @@ def _nodes_within(model, modules: Sequence[str]) -> list[str]:
 class OnnxRuntimeModule(nn.Module):
     """An ONNX Runtime session on the CPU, called like a PyTorch network: tensors in, a tensor out.
 
-    ``forward`` hands the input to ``InferenceSession.run`` as a NumPy array and returns the first
-    output as a float32 tensor on the input's device (computed on the CPU). No gradient flows through
+    ``forward`` hands the inputs to ``InferenceSession.run`` as float32 NumPy arrays and returns the
+    first output as a tensor of the graph's output dtype (float32 for the book's networks) on the
+    first input's device (computed on the CPU). No gradient flows through
     it; ``eval()``, ``evaluate``, ``predict`` and ``images_per_second`` work as on any module.
 
     Args:

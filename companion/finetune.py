@@ -219,14 +219,17 @@ class Standardize(nn.Module):
 
     Shape:
         - Input: (B, D).
-        - Output: (B, D), the input's dtype.
+        - Output: (B, D), the dtype PyTorch promotes the input and the statistics to.
 
     Raises:
-        ValueError: ``mean`` and ``std`` are not two (D,) tensors, or a ``std`` is not > 0.
+        TypeError: ``mean`` or ``std`` is not a floating-point tensor.
+        ValueError: ``mean`` and ``std`` are not both (D,), or a ``std`` is not > 0.
     """
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
+        if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (mean, std)):
+            raise TypeError(f"mean and std must be floating-point tensors, got {type(mean).__name__} and {type(std).__name__}")
         if mean.dim() != 1 or mean.shape != std.shape:
             raise ValueError(f"mean and std must both be (D,), got {tuple(mean.shape)} and {tuple(std.shape)}")
         if not bool((std > 0).all()):
@@ -276,7 +279,7 @@ class ProbeResult:
 
         ``folded_head()(features)`` equals ``head((features - mean) / std)`` up to rounding, with
         weight :math:`W / \\sigma` (column-wise) and bias :math:`b - (W / \\sigma)\\, \\mu`, so a
-        feature extractor followed by it is one network. Exact in float32, but a feature with a small
+        feature extractor followed by it is one network. Fine in float32, but a feature with a small
         :math:`\\sigma` gets a large column, which widens its row's int8 range: for quantisation,
         prefer :meth:`classifier`.
 

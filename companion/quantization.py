@@ -77,7 +77,8 @@ def per_channel_scales(
 
     :math:`s_c = \\max(|w_c|_\\infty / \\tfrac{q_\\text{max} - q_\\text{min}}{2},\\ \\varepsilon)` with
     :math:`\\varepsilon` float32's machine epsilon, so an all-zero channel gets a positive scale; the
-    zero point is 0 for int8 and 128 for uint8.
+    zero point is 0 for int8 and the middle of the range for uint8 (128 for the full range,
+    ``(quant_min + quant_max) // 2`` for a narrower one).
 
     Args:
         weight: float32, any shape with at least one dimension (a convolution's (C_out, C_in / groups, k, k)).
@@ -99,7 +100,10 @@ def per_channel_scales(
     dims = [d for d in range(weight.dim()) if d != axis]
     amax = weight.detach().abs().amax(dim=dims) if dims else weight.detach().abs()
     scales = torch.clamp(amax / ((quant_max - quant_min) / 2), min=torch.finfo(torch.float32).eps)
-    zero = 0 if dtype == torch.int8 else 128
+    if dtype == torch.int8:
+        zero = 0
+    else:  # uint8: the middle of the range, 128 for the full one (PyTorch's observer does the same)
+        zero = 128 if (quant_min, quant_max) == _RANGES[torch.uint8] else (quant_min + quant_max) // 2
     return scales.float(), torch.full_like(scales, zero, dtype=torch.int64)
 
 
@@ -231,7 +235,7 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> list[tuple[str,
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or a weight is not float32.
-        ValueError: ``model`` has no Conv2d or Linear layer.
+        ValueError: ``model`` has no Conv2d or Linear layer, or its output is all zero for an input.
 
     Source: Nagel et al., "A white paper on neural network quantization" (2021), section 4.8.
     """
@@ -243,6 +247,8 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> list[tuple[str,
     scores = []
     with eval_mode(model), torch.no_grad():
         reference = model(inputs).flatten(1)
+        if not bool((reference.norm(dim=1) > 0).all()):
+            raise ValueError("the network's output is all zero for an input: a relative change is undefined")
         for name, layer in layers:
             original = layer.weight.detach().clone()
             try:
@@ -269,8 +275,8 @@ def quantize_pt2e(
     holds what the network needs. ``.eval()`` works on it (``allow_exported_model_train_eval``).
 
     Args:
-        model: a float32 network in eval mode, on the CPU.
-        example_inputs: a tuple of example inputs, the first a batch (B, ...).
+        model: a float32 network on the CPU; captured in eval mode (its own mode is put back).
+        example_inputs: a tuple of example inputs on the CPU, the first a batch (B, ...) with B >= 2.
         calibration: batches like ``example_inputs[0]``, at least one.
         skip: names of submodules (as ``model.named_modules()`` gives them) left in float32, with
             everything inside them: the layers a sensitivity analysis finds that int8 harms most.
@@ -282,7 +288,8 @@ def quantize_pt2e(
         ImportError: torchao is missing (install the package's extra: ``pip install "dl-cv-executable[shipping]"``).
         TypeError: ``model`` is not an ``nn.Module``, ``example_inputs`` not a tuple of tensors, or
             ``skip`` a string instead of a sequence of names.
-        ValueError: ``calibration`` yields no batch, or a name in ``skip`` is not a submodule of ``model``.
+        ValueError: ``calibration`` yields no batch, a name in ``skip`` is not a submodule of ``model``,
+            an example batch of fewer than 2, or a network or input not on the CPU.
 
     Source: PyTorch's "PyTorch 2 Export post training quantization" and "x86 backend with Inductor" tutorials.
     """
@@ -306,9 +313,11 @@ def quantize_pt2e(
     finally:
         pytree_log.setLevel(level)
     _check_skip(model, skip)
+    _check_example(model, example_inputs)
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} if i == 0 else None for i in range(len(example_inputs)))
-    exported = torch.export.export(model.eval(), example_inputs, dynamic_shapes=dynamic).module()
+    with eval_mode(model):
+        exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic).module()
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     for name in skip:
         quantizer.set_module_name_qconfig(name, None)
@@ -324,6 +333,15 @@ def quantize_pt2e(
     _drop_unread_tensors(quantized)
     allow_exported_model_train_eval(quantized)
     return quantized
+
+
+def _check_example(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    """A CPU network and an example batch of at least 2 (``torch.export`` specialises a batch of 1)."""
+    if not example_inputs or example_inputs[0].dim() == 0 or example_inputs[0].shape[0] < 2:
+        shape = tuple(example_inputs[0].shape) if example_inputs else None
+        raise ValueError(f"example_inputs[0] must be a batch of at least 2 (B, ...), got shape {shape}")
+    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers(), *example_inputs]):
+        raise ValueError("the network and example_inputs must be on the CPU (the x86 quantiser's target)")
 
 
 def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:

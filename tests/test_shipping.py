@@ -496,3 +496,54 @@ def test_paired_t_interval_equals_scipys_paired_test():
         paired_t_interval([1.0, 2.0], [2.0, 3.0, 4.0])
     with pytest.raises(ValueError):
         paired_t_interval([1.0, 2.0], [2.0, 3.0], confidence=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals added after review
+
+
+def test_a_narrower_uint8_range_centres_its_zero_point_as_pytorch_does():
+    weight = _weights((4, 9))
+    observer = torch.ao.quantization.PerChannelMinMaxObserver(
+        ch_axis=0, dtype=torch.quint8, qscheme=torch.per_channel_symmetric, quant_min=0, quant_max=127)
+    observer(weight)
+    scales, zero_points = per_channel_scales(weight, dtype=torch.uint8, quant_min=0, quant_max=127)
+    expected_scales, expected_zero_points = observer.calculate_qparams()
+    assert torch.equal(scales, expected_scales) and torch.equal(zero_points, expected_zero_points)
+    assert zero_points.tolist() == [63] * 4
+
+
+def test_numpy_numbers_are_numbers():
+    np = pytest.importorskip("numpy")
+    student, teacher = torch.randn(2, 3, 4)
+    target = torch.tensor([0, 1, 2])
+    expected = distillation_loss(student, teacher, target, 4.0, 0.5)
+    assert distillation_loss(student, teacher, target, np.float32(4.0), np.float64(0.5)) == pytest.approx(expected.item())
+
+
+def test_more_refusals():
+    with pytest.raises(ValueError, match="finite"):
+        paired_t_interval([1.0, float("nan")], [1.0, 2.0])
+    with pytest.raises(TypeError):
+        Standardize([0.0], torch.ones(1))
+    with pytest.raises(ValueError, match="all zero"):
+        layer_sensitivity(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2, bias=False)).apply(
+            lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None), torch.randn(4, 3))
+
+
+def test_examples_must_be_a_cpu_batch_of_at_least_two(trained_cnn):
+    pytest.importorskip("torchao")
+    pytest.importorskip("onnxscript")
+    from companion.export import export_onnx
+
+    model, calibration, x = trained_cnn
+    with pytest.raises(ValueError, match="at least 2"):
+        quantize_pt2e(model, (x[:1],), calibration)
+    with pytest.raises(ValueError, match="at least 2"):
+        export_onnx(model, (x[:1],), "unused.onnx")
+    with pytest.raises(ValueError, match="CPU"):
+        quantize_pt2e(_small_cnn().to("meta"), (x[:2],), calibration)
+    model.train()
+    quantize_pt2e(model, (x[:2],), calibration[:1])
+    assert model.training  # the caller's mode is put back
+    model.eval()
