@@ -3,7 +3,7 @@
 Every function here runs the model in ``eval()`` mode under :func:`torch.inference_mode`, through
 :func:`companion.utils.eval_mode`, which puts the model's previous mode back afterwards — also when the model or
 the loader raises. Tensors that leave this module are on the CPU. Explained in the chapter
-"MNIST in practice" (:func:`calibration`, :func:`fit_temperature` and :func:`brier_score` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning".
+"MNIST in practice" (:func:`calibration`, :func:`fit_temperature` and :func:`brier_score` in "Ablation and calibration"); :func:`extract_features` in "Pretraining and fine-tuning"; :func:`extract_layer_features` in "Pretrained models in practice".
 The summaries of a result's uncertainty are here too: :func:`wilson_interval` for one accuracy
 on a finite test set, :func:`mean_std` for a result repeated over seeds, and
 :func:`paired_t_interval` for the difference of two methods run with the same seeds.
@@ -31,6 +31,7 @@ __all__ = [
     "evaluate",
     "expected_calibration_error",
     "extract_features",
+    "extract_layer_features",
     "fit_temperature",
     "mean_std",
     "paired_t_interval",
@@ -125,6 +126,62 @@ def extract_features(model: nn.Module, loader: Batches, device: torch.device | s
     if not features:
         raise ValueError("extract_features() got a loader that yielded no batches")
     return torch.cat(features), torch.cat(labels)
+
+
+def extract_layer_features(model: nn.Module, loader: Batches, layers: Iterable[str],
+                           device: torch.device | str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The outputs of several named submodules, globally average-pooled, for every sample of ``loader``.
+
+    One forward pass per batch, with a forward hook on each layer: the features of early and late
+    layers for the question "which layer transfers best?" (Yosinski et al., 2014). A 4-D output
+    (B, C, H, W) is averaged over H and W, as the network's own global pooling does; a 2-D output
+    (B, D) is kept as it is. The hooks are removed afterwards, also when the model raises.
+
+    Args:
+        model: any ``nn.Module`` on ``device``; its ``forward`` is run in ``eval()`` mode.
+        loader: ``(x, y)`` batches.
+        layers: names from ``model.named_modules()`` (``"blocks.4"``), at least one, no repeats.
+        device: where batches are moved.
+
+    Returns:
+        ``(features, labels)``: a dict from each name, in the given order, to float32 (N, C) on
+        the CPU, and int64 labels (N,), in the loader's order.
+
+    Raises:
+        ValueError: no layers, a repeated name, a name that is not a submodule of ``model``, a
+            layer whose output is not a 2-D or 4-D tensor, or a loader that yields no batches.
+    """
+    layers = list(layers)
+    modules = dict(model.named_modules())
+    unknown = [name for name in layers if name not in modules]
+    if not layers or len(set(layers)) != len(layers) or unknown:
+        raise ValueError(f"layers must be distinct names of submodules of {type(model).__name__}, at least one; "
+                         f"got {layers} (unknown: {unknown})")  # fmt: skip
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if not isinstance(output, torch.Tensor) or output.ndim not in (2, 4):
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise ValueError(f"layer {name!r} must output a (B, D) or (B, C, H, W) tensor, got {shape}")
+            pooled = output.mean((2, 3)) if output.ndim == 4 else output  # (B, C)
+            outputs[name].append(pooled.float().cpu())
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(record(name)) for name in layers]
+    labels = []
+    try:
+        with eval_mode(model), torch.inference_mode():
+            for x, y in loader:
+                model(x.to(device))
+                labels.append(y.cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not labels:
+        raise ValueError("extract_layer_features() got a loader that yielded no batches")
+    return {name: torch.cat(outputs[name]) for name in layers}, torch.cat(labels)
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

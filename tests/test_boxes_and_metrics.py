@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.ops as ops
 
-from companion.boxes import batched_nms, box_area, box_iou, generalized_box_iou, nms
+from companion.boxes import batched_nms, box_area, box_iou, generalized_box_iou, generalized_box_iou_loss, nms
 from companion.detection_metrics import average_precision, mean_average_precision, mean_iou
 
 D = torch.float64
@@ -52,6 +52,45 @@ def test_iou_and_giou_by_hand():
     grad_check = a.clone().double().requires_grad_()
     generalized_box_iou(grad_check, b.double())[0, 1].backward()  # GIoU has a gradient where IoU has none
     assert grad_check.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_giou_loss_equals_torchvision_in_values_and_gradients(reduction):
+    preds = torch.cat([random_boxes(30), DEGENERATE])
+    targets = torch.cat([random_boxes(30, seed=1), DEGENERATE.flip(0)])
+    a, b = preds.clone().requires_grad_(), preds.clone().requires_grad_()
+    ta, tb = targets.clone().requires_grad_(), targets.clone().requires_grad_()
+    ours = generalized_box_iou_loss(a, ta, reduction)
+    theirs = ops.generalized_box_iou_loss(b, tb, reduction)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    ours.sum().backward(), theirs.sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ta.grad, tb.grad, rtol=0, atol=1e-12)
+    # batched (B, N, 4) and an empty batch, as torchvision
+    batched = preds[:36].reshape(3, 12, 4), targets[:36].reshape(3, 12, 4)
+    torch.testing.assert_close(generalized_box_iou_loss(*batched, reduction),
+                               ops.generalized_box_iou_loss(*batched, reduction))
+    empty = torch.zeros(0, 4, dtype=D)
+    torch.testing.assert_close(generalized_box_iou_loss(empty, empty, reduction),
+                               ops.generalized_box_iou_loss(empty, empty, reduction))
+
+
+def test_giou_loss_by_hand_and_refusals():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]], dtype=D)
+    b = torch.tensor([[0.0, 0.0, 2.0, 2.0], [4.0, 0.0, 6.0, 2.0]], dtype=D)
+    # identical: 0; disjoint: 1 - 0 + (12 - 8) / 12, above 1
+    expected = torch.tensor([0.0, 1 + 4 / 12], dtype=D)
+    torch.testing.assert_close(generalized_box_iou_loss(a, b, eps=0.0), expected)
+    with pytest.raises(ValueError, match="one shape"):
+        generalized_box_iou_loss(a, b[:1])
+    with pytest.raises(ValueError, match="one shape"):
+        generalized_box_iou_loss(a[:, :3], b[:, :3])
+    with pytest.raises(ValueError, match="reduction must be"):
+        generalized_box_iou_loss(a, b, reduction="max")
+    with pytest.raises(ValueError, match="eps must be"):
+        generalized_box_iou_loss(a, b, eps=-1.0)
+    with pytest.raises(TypeError, match="float"):
+        generalized_box_iou_loss(a.long(), b.long())
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])

@@ -13,7 +13,7 @@ from companion.attention import VisionTransformer
 from companion.cnn import BatchNormCNN, SeedCNN
 from companion.augment import cutout, random_affine
 from companion.data import DeviceLoader, balanced_subset
-from companion.evaluation import extract_features
+from companion.evaluation import extract_features, extract_layer_features
 from companion.finetune import find_head, freeze, param_groups, replace_head, unfreeze
 from companion.simclr import SimCLR, nt_xent_loss, pretrain_simclr
 from companion.train import NonFiniteLossError
@@ -143,6 +143,46 @@ def test_extract_features_matches_forward_features_in_eval_mode():
         extract_features(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), [(x, y)], "cpu")
     with pytest.raises(ValueError, match="no batches"):
         extract_features(model, [], "cpu")
+
+
+def test_extract_layer_features_equals_torchvision_feature_extractor():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).double().train()
+    x, y = torch.randn(6, 3, 40, 40, dtype=torch.float64), torch.arange(6)
+    layers = ["layer2", "layer1.0.conv1", "fc"]
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    features, labels = extract_layer_features(model, batches, layers, "cpu")
+    assert model.training and list(features) == layers and torch.equal(labels, y)
+    assert not model.layer2._forward_hooks  # hooks removed
+    with torch.no_grad():
+        reference = create_feature_extractor(model.eval(), {name: name for name in layers})(x)
+    for name in layers:
+        expected = reference[name].mean((2, 3)) if reference[name].ndim == 4 else reference[name]
+        torch.testing.assert_close(features[name], expected.float(), rtol=0, atol=1e-6)
+    assert features["layer2"].shape == (6, 128) and features["fc"].shape == (6, 10)
+
+
+def test_extract_layer_features_last_block_is_forward_features_and_refusals():
+    from companion.modern_cnn import EfficientCNN
+
+    torch.manual_seed(0)
+    model = EfficientCNN("mbconv", (4, 8, 16), blocks_per_stage=1)
+    x, y = torch.randn(5, 1, 28, 28), torch.arange(5)
+    features, _ = extract_layer_features(model, [(x, y)], ["blocks.2", "stem"], "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(features["blocks.2"], model.eval().forward_features(x))
+    assert features["stem"].shape == (5, 4)
+    for bad in ([], ["stem", "stem"], ["nope"]):
+        with pytest.raises(ValueError, match="distinct names of submodules"):
+            extract_layer_features(model, [(x, y)], bad, "cpu")
+    with pytest.raises(ValueError, match="no batches"):
+        extract_layer_features(model, [], ["stem"], "cpu")
+    flat = nn.Sequential(nn.Flatten(0), nn.Identity())  # a 1-D output
+    with pytest.raises(ValueError, match=r"layer '1' must output a \(B, D\)"):
+        extract_layer_features(flat, [(x, y)], ["1"], "cpu")
+    assert not flat[1]._forward_hooks  # removed although the hook raised
 
 
 def _nt_xent_reference(z1, z2, temperature):

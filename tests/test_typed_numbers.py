@@ -61,6 +61,8 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("28 %", "arithmetic: 1 - 18/25 of the worked solution"),
     ],
     "modern_cnns": [
+        ("28", "setting: the base network's input side in the compound-scaling cell"),
+        ("56", "setting: twice the base input side (resolution × 2) in the compound-scaling cell"),
         ("256", "setting: the bottleneck's channels in the cost comparison (ResNet-50's first stage)"),
         ("4", "sourced fact: ResNet-50's 3, 4, 6 and 3 bottleneck blocks (He et al.)"),
         ("8", "setting: depth of the experiments' networks; sourced fact: AlexNet's 8 layers (Krizhevsky et al.)"),
@@ -224,6 +226,7 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("85", "sourced fact: download size of DINOv2 ViT-S/14's weights (no citation on the page)"),
     ],
     "detection_segmentation": [
+        ("100", "setting: the step at which the box-regression illustration compares two losses"),
         ("101", "sourced fact: COCO's 101 recall points (Lin et al.)"),
         ("16", "setting: the smallest digit side; the heat map's side at stride 4"),
         ("32", "setting: the largest digit side"),
