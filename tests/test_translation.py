@@ -1,0 +1,129 @@
+"""The Chinese edition (zh/) against the English pages: drift is a test failure (tools/translation.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import translation  # noqa: E402
+
+PAGES = translation.pages()
+
+
+def test_there_are_chinese_pages():
+    assert len(PAGES) >= 6, [str(p) for p in PAGES]
+
+
+@pytest.mark.parametrize("english, chinese", PAGES, ids=[str(c.relative_to(ROOT)) for _, c in PAGES])
+def test_chinese_page_translates_the_current_english(english, chinese):
+    drift = translation.compare(english.read_text(), chinese.read_text())
+    report = [f"English line {a.line}, {a.kind}, not translated (new or changed): {a.text[:60]!r}"
+              for a in drift.untranslated]
+    report += [f"Chinese line {b.line}, {b.kind}, its English source changed or went: {b.text[:30]!r}"
+               for b in drift.stale]
+    report += [f"Chinese line {b.line}: {why}" for _, b, why in drift.mismatched]
+    assert drift.ok(), "run `python tools/translation.py status`; README, 'The Chinese edition':\n" + "\n".join(report)
+
+
+ENGLISH = """---
+jupytext: {}
+---
+
+(chapter-x)=
+# A chapter
+
+A first paragraph with {glue:text}`accuracy` and {ref}`a link <chapter-y>`.
+
+```{code-cell}
+x = 1
+```
+
+| term | 中文 |
+|---|---|
+| convolution | 卷积 |
+
+- one item
+- another item
+"""
+
+
+def chinese_of(english: str) -> str:
+    return """---
+jupytext: {{}}
+---
+
+(chapter-x)=
+% en: {h[0]}
+# 一章
+
+% en: {h[1]}
+第一段，准确率为{{glue:text}}`accuracy`，见{{ref}}`链接 <chapter-y>`。
+
+```{{code-cell}}
+x = 1
+```
+
+% en: {h[2]} {h[3]} {h[4]}
+| 术语 | 中文 |
+|---|---|
+| 卷积 | 卷积 |
+
+% en: {h[5]} {h[6]}
+- 一项
+- 另一项
+""".format(h=[translation.digest(b.text) for b in translation.flatten(translation.parse(english))
+              if b.kind in translation.TRANSLATED])
+
+
+def test_a_faithful_translation_has_no_drift():
+    assert translation.compare(ENGLISH, chinese_of(ENGLISH)).ok()
+
+
+@pytest.mark.parametrize("old, new, untranslated, stale", [
+    ("A first paragraph with", "A changed first paragraph with", ["paragraph"], ["paragraph"]),
+    ("| convolution | 卷积 |", "| convolution (cross-correlation) | 卷积 |", ["row"], ["row"]),
+    ("- another item", "- another, changed item", ["item"], ["item"]),
+    ("x = 1", "x = 2", ["code"], ["code"]),
+    ("(chapter-x)=", "(chapter-z)=", ["label"], ["label"]),
+    ("# A chapter\n", "# A chapter\n\nA new paragraph.\n", ["paragraph"], []),
+])
+def test_drift_is_caught(old, new, untranslated, stale):
+    chinese = chinese_of(ENGLISH)  # translates the old English
+    changed = ENGLISH.replace(old, new)
+    assert changed != ENGLISH
+    drift = translation.compare(changed, chinese)
+    assert [a.kind for a in drift.untranslated] == untranslated
+    assert [b.kind for b in drift.stale] == stale
+
+
+def test_a_role_lost_in_translation_is_caught():
+    chinese = chinese_of(ENGLISH).replace("{glue:text}`accuracy`", "0.9")
+    drift = translation.compare(ENGLISH, chinese)
+    assert len(drift.mismatched) == 1 and "glue:text:accuracy" in drift.mismatched[0][2]
+
+
+def test_stamp_and_restamp(tmp_path, monkeypatch):
+    monkeypatch.setattr(translation, "ROOT", tmp_path)
+    monkeypatch.setattr(translation, "ZH", tmp_path / "zh")
+    (tmp_path / "zh").mkdir()
+    english, chinese = tmp_path / "page.md", tmp_path / "zh" / "page.md"
+    english.write_text(ENGLISH)
+    unstamped = "\n".join(line for line in chinese_of(ENGLISH).splitlines() if not line.startswith("% en:"))
+    chinese.write_text(unstamped + "\n")
+    assert translation.stamp(chinese) == 7
+    assert translation.compare(english.read_text(), chinese.read_text()).ok()
+    # The English paragraph changes; the translator updates the Chinese in place, then restamps.
+    english.write_text(ENGLISH.replace("A first paragraph", "The first paragraph"))
+    assert not translation.compare(english.read_text(), chinese.read_text()).ok()
+    line = next(b.line for b in translation.flatten(translation.parse(chinese.read_text()))
+                if b.kind == "paragraph")
+    translation.restamp(chinese, line)
+    assert translation.compare(english.read_text(), chinese.read_text()).ok()
+    # A block out of order cannot be stamped by position.
+    chinese.write_text(unstamped.replace("x = 1\n```", "x = 1\n```\n\n(extra)=") + "\n")
+    with pytest.raises(ValueError, match="translate block for block"):
+        translation.stamp(chinese)
