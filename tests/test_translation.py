@@ -127,3 +127,26 @@ def test_stamp_and_restamp(tmp_path, monkeypatch):
     chinese.write_text(unstamped.replace("x = 1\n```", "x = 1\n```\n\n(extra)=") + "\n")
     with pytest.raises(ValueError, match="translate block for block"):
         translation.stamp(chinese)
+
+
+HAN = "\u3400-\u4dbf\u4e00-\u9fff"
+SPACE_RULE = __import__("re").compile(rf"[{HAN}] +[A-Za-z0-9`{{$*]|[A-Za-z0-9`}}$*] +[{HAN}]")
+
+
+@pytest.mark.parametrize("english, chinese", PAGES, ids=[str(c.relative_to(ROOT)) for _, c in PAGES])
+def test_no_space_between_chinese_and_latin(english, chinese):
+    """zh/CONVENTIONS.md: no space between Chinese characters and Latin words, numbers, code,
+    roles or inline math (d2l-zh's rule), in every translated block."""
+    import re
+
+    found = []
+    for block in translation.flatten(translation.parse(chinese.read_text())):
+        if block.kind in translation.TRANSLATED:
+            prose = re.sub(r"`[^`]*`", "`x`", block.text)  # inside code spans anything goes
+            found += [f"line {block.line}: {m.group()!r}" for m in SPACE_RULE.finditer(prose)]
+    assert not found, found[:10]
+
+
+def test_the_space_rule_catches_a_space():
+    assert SPACE_RULE.search("批量大小为 128") and SPACE_RULE.search("用 `nn.Conv2d`")
+    assert not SPACE_RULE.search("批量大小为128，形状(B, C, H, W)")
