@@ -124,7 +124,7 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
-def timing_conditions(device: torch.device | str) -> str:
+def timing_conditions(device: torch.device | str, language: str = "en") -> str:
     """Say under which conditions seconds measured on ``device`` in this process were taken.
 
     A chapter glues this next to the seconds it reports, so that a reader knows what was timed:
@@ -134,23 +134,36 @@ def timing_conditions(device: torch.device | str) -> str:
 
     Args:
         device: the device the timed work ran on (``"cpu"``, ``"cuda:0"``, ... or a :class:`torch.device`).
+        language: ``"en"`` for the English pages, ``"zh"`` for the Chinese edition's (a phrase that
+            follows 测得于…).
 
     Returns:
         A clause such as ``"on the CPU with 2 threads"``, ``"on the CPU with 1 thread, while other
-        tests ran beside it"`` or ``"on the CUDA device NVIDIA H100 80GB HBM3"``.
+        tests ran beside it"`` or ``"on the CUDA device NVIDIA H100 80GB HBM3"``; in Chinese
+        ``"CPU（2个线程）"``, ``"CPU（1个线程，同时有其他测试在运行）"``, ``"CUDA设备NVIDIA H100 80GB HBM3"``.
+
+    Raises:
+        ValueError: a ``language`` other than ``"en"`` and ``"zh"``.
 
     Examples:
         >>> timing_conditions("cpu").startswith("on the CPU with ")
         True
     """
+    if language not in ("en", "zh"):
+        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
+    zh = language == "zh"
     device = torch.device(device)
     if device.type == "cuda":
-        return f"on the CUDA device {torch.cuda.get_device_name(device)}"
+        name = torch.cuda.get_device_name(device)
+        return f"CUDA设备{name}" if zh else f"on the CUDA device {name}"
     if device.type == "mps":
-        return "on Apple's MPS"
+        return "Apple的MPS" if zh else "on Apple's MPS"
     threads = torch.get_num_threads()
+    shared = os.environ.get(SHARED_CPU_ENV) == "1"
+    if zh:
+        return f"CPU（{threads}个线程{'，同时有其他测试在运行' if shared else ''}）"
     clause = f"on the CPU with {threads} thread{'s' if threads != 1 else ''}"
-    if os.environ.get(SHARED_CPU_ENV) == "1":
+    if shared:
         clause += ", while other tests ran beside it"
     return clause
 

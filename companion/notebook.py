@@ -26,9 +26,10 @@ def glue(**values: object) -> None:
     """Make each value available to the chapter's text under its keyword name.
 
     In the book's build (myst-nb installed) each value is stored with ``myst_nb.glue(name,
-    value, display=False)`` and appears where the text says ``{glue:text}`name```. Elsewhere,
-    the values are displayed under the cell as a two-column table (name, value), so a reader
-    without myst-nb sees the same numbers.
+    value, display=False)`` and appears where the text says ``{glue:text}`name``` (a matplotlib
+    figure: where a ``{glue:figure}`` directive names it, with the caption the page gives it in
+    its own language). Elsewhere, figures are displayed under the cell and the other values as a
+    two-column table (name, value), so a reader without myst-nb sees the same numbers.
 
     Args:
         **values: name → value; names must be valid Python identifiers (they are keywords),
@@ -48,7 +49,18 @@ def glue(**values: object) -> None:
         for name, value in values.items():
             myst_glue(name, value, display=False)
         return
-    _display(markdown_table(["glued value", "value"], [(f"`{name}`", value) for name, value in values.items()]))
+    figures = {name: value for name, value in values.items() if _is_figure(value)}
+    for figure in figures.values():  # a figure the book places with {glue:figure}: shown here
+        _display(figure)
+    rest = [(f"`{name}`", value) for name, value in values.items() if name not in figures]
+    if rest:
+        _display(markdown_table(["glued value", "value"], rest))
+
+
+def _is_figure(value: object) -> bool:
+    from matplotlib.figure import Figure
+
+    return isinstance(value, Figure)
 
 
 def _cell(value: object) -> str:

@@ -96,3 +96,51 @@ def test_axe_core_finds_known_violations_and_passes_a_clean_page(browser_check, 
             driver.quit()
     rules = {line.split(":")[0].split()[-1] for line in problems}
     assert rules == {"image-alt", "color-contrast", "label-content-name-mismatch"}, problems
+
+
+def _link(href: str, untranslated: str = "") -> str:
+    return f'<p class="language-link">{untranslated}<a href="{href}">other</a></p><p>text</p>'
+
+
+def test_language_links_resolve_both_ways(browser_check, tmp_path):
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "zh" / "chapters").mkdir(parents=True)
+    (tmp_path / "index.html").write_text(_link("zh/index.html"), encoding="utf-8")
+    (tmp_path / "zh" / "index.html").write_text(_link("../index.html"), encoding="utf-8")
+    (tmp_path / "chapters" / "a.html").write_text(_link("../zh/chapters/a.html"), encoding="utf-8")
+    (tmp_path / "zh" / "chapters" / "a.html").write_text(_link("../../chapters/a.html"), encoding="utf-8")
+    # not translated yet: says so and leads to the Chinese first page, which does not link back
+    (tmp_path / "chapters" / "b.html").write_text(_link("../zh/index.html", "No translation yet: "),
+                                                  encoding="utf-8")
+    (tmp_path / "search.html").write_text("<p>no link needed</p>", encoding="utf-8")
+    pages = browser_check.html_pages(tmp_path)
+    assert browser_check.language_link_problems(tmp_path, pages) == {}
+    # a twin that links elsewhere, a missing link and a link to nothing are each reported
+    (tmp_path / "zh" / "chapters" / "a.html").write_text(_link("../../index.html"), encoding="utf-8")
+    (tmp_path / "chapters" / "c.html").write_text("<p>no link</p>", encoding="utf-8")
+    (tmp_path / "chapters" / "d.html").write_text(_link("../zh/chapters/d.html"), encoding="utf-8")
+    problems = browser_check.language_link_problems(tmp_path, browser_check.html_pages(tmp_path))
+    assert "links back to index.html, not to it" in problems["chapters/a.html"][0]
+    assert problems["chapters/c.html"] == ["no link to the other edition"]
+    assert "names no page (zh/chapters/d.html)" in problems["chapters/d.html"][0]
+
+
+def test_language_links_are_not_checked_in_a_one_edition_book(browser_check, site):
+    assert browser_check.language_link_problems(site, browser_check.html_pages(site)) == {}
+
+
+def test_the_extension_links_a_page_to_its_twin_or_says_there_is_none():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "_ext"))
+    import language_links
+
+    english = language_links.other_edition("en")
+    assert "chapters/core_concepts" in english["pages"]  # translated, listed in zh/_toc.yml
+    visible, alternate = language_links.link_html("chapters/core_concepts", english)
+    assert 'href="../zh/chapters/core_concepts.html"' in visible and 'hreflang="zh-Hans"' in alternate
+    visible, alternate = language_links.link_html("chapters/trends", english)  # not translated yet
+    assert "no Chinese translation yet" in visible and 'href="../zh/intro.html"' in visible and not alternate
+    chinese = language_links.other_edition("zh_CN")
+    visible, _ = language_links.link_html("chapters/core_concepts", chinese)
+    assert 'href="../../chapters/core_concepts.html"' in visible and ">English<" in visible

@@ -317,3 +317,17 @@ def test_timing_conditions_name_the_threads_and_a_shared_cpu(monkeypatch: pytest
     assert timing_conditions("cpu").startswith("on the CPU with 1 thread,")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     assert timing_conditions("cuda:0") == "on the CUDA device Tesla T4"  # no CPU clause on a GPU
+
+
+def test_timing_conditions_in_chinese(monkeypatch: pytest.MonkeyPatch):
+    from companion.device import SHARED_CPU_ENV, timing_conditions
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.delenv(SHARED_CPU_ENV, raising=False)
+    assert timing_conditions("cpu", language="zh") == "CPU（2个线程）"
+    monkeypatch.setenv(SHARED_CPU_ENV, "1")
+    assert timing_conditions("cpu", language="zh") == "CPU（2个线程，同时有其他测试在运行）"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert timing_conditions("cuda:0", language="zh") == "CUDA设备Tesla T4"
+    with pytest.raises(ValueError, match="language must be 'en' or 'zh'"):
+        timing_conditions("cpu", language="fr")

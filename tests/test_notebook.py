@@ -57,3 +57,18 @@ def test_glue_shows_the_values_without_myst_nb(monkeypatch):
     monkeypatch.setattr(notebook, "_display", shown.append)
     glue(accuracy="99.1 %", seconds="3.2")
     assert [line for line in shown[0].data.splitlines()[2:]] == ["| `accuracy` | 99.1 % |", "| `seconds` | 3.2 |"]
+
+
+def test_glue_shows_a_figure_without_myst_nb(monkeypatch):
+    from matplotlib.figure import Figure
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "myst_nb" else real(name, *a))
+    shown = []
+    monkeypatch.setattr(notebook, "_display", shown.append)
+    figure = Figure()
+    glue(diagram=figure, seconds="3.2")
+    assert shown[0] is figure and "| `seconds` | 3.2 |" in shown[1].data
+    shown.clear()
+    glue(diagram=figure)
+    assert shown == [figure]  # no empty table

@@ -17,7 +17,10 @@ each of its pages is opened with Selenium. Every page must:
   (``npm ci`` puts it in ``node_modules/``; ``AXE_CORE_JS`` may name another ``axe.min.js``);
   without it the check fails, it does not skip.
 
-The search page must find "convolution". Screenshots of the home page and the MNIST chapter are
+The search page must find "convolution", and the Chinese edition's (``zh/``, when built) must find
+"卷积" (Sphinx indexes Chinese words only with jieba installed). Every page must link to its twin in
+the other edition, and the twin back (``_ext/language_links.py``); an English page with no Chinese
+twin yet links to the Chinese first page. Screenshots of the home page and the MNIST chapter are
 saved to ``--screenshots`` (default: ``screenshots/`` beside ``HTML_DIR``, i.e. ``_build/screenshots``).
 
 Exit status: 0 when every check passes; 1 when one fails or the book is not built. When
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import posixpath
+import re
 import html.parser
 import http.server
 import os
@@ -47,6 +52,9 @@ from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_TERM = "convolution"
+#: The Chinese edition's search (its folder, the query).
+ZH_SEARCH = ("zh/", "卷积")
+LANGUAGE_LINK = re.compile(r'<p class="language-link">(.*?)<a href="([^"]+)"', re.S)
 SCREENSHOTS = {"index.html": "index.png", "chapters/mnist_in_practice.html": "mnist_in_practice.png"}
 # Chromium flags: headless, no sandbox (containers), and no network traffic of its own. The
 # resolver rule makes any request to another host fail at once, so an asset from a CDN shows up
@@ -302,11 +310,41 @@ def check_page(driver, html_dir: Path, base_url: str, page: str, failed_requests
     return problems, summary
 
 
-def check_search(driver, base_url: str) -> tuple[list[str], str]:
-    """The search page must list at least one result for :data:`SEARCH_TERM`."""
+def language_link_problems(html_dir: Path, pages: list[str]) -> dict[str, list[str]]:
+    """Each page's link to the other edition resolves, and its twin links back (read from the HTML).
+
+    Only when the book has both editions (a ``zh/index.html``); search and index pages, which have
+    no text of their own, are skipped.
+    """
+    if not (html_dir / "zh" / "index.html").is_file():
+        return {}
+    problems: dict[str, list[str]] = {}
+    for page in pages:
+        if posixpath.basename(page) in ("search.html", "genindex.html", "py-modindex.html"):
+            continue
+        match = LANGUAGE_LINK.search((html_dir / page).read_text(encoding="utf-8"))
+        if match is None:
+            problems[page] = ["no link to the other edition"]
+            continue
+        untranslated, href = match.groups()
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(page), href))
+        if not (html_dir / target).is_file():
+            problems[page] = [f"the link to the other edition, {href}, names no page ({target})"]
+            continue
+        if untranslated.strip():  # "no Chinese translation yet": it leads to the first page
+            continue
+        back = LANGUAGE_LINK.search((html_dir / target).read_text(encoding="utf-8"))
+        back_target = back and posixpath.normpath(posixpath.join(posixpath.dirname(target), back.group(2)))
+        if back_target != page:
+            problems[page] = [f"its twin {target} links back to {back_target}, not to it"]
+    return problems
+
+
+def check_search(driver, base_url: str, folder: str = "", term: str = SEARCH_TERM) -> tuple[list[str], str]:
+    """The search page in ``folder`` must list at least one result for ``term``."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(f"{base_url}search.html?q={SEARCH_TERM}")
+    driver.get(f"{base_url}{folder}search.html?q={term}")
     count_results = "return document.querySelectorAll('#search-results ul.search li').length"
     finished = "return !!document.querySelector('#search-results p.search-summary, #search-results > p')"
     try:
@@ -314,9 +352,9 @@ def check_search(driver, base_url: str) -> tuple[list[str], str]:
     except Exception:  # selenium's TimeoutException; reported below as no results
         pass
     results = driver.execute_script(count_results)
-    problems = [] if results else [f"the search page found nothing for {SEARCH_TERM!r}"]
+    problems = [] if results else [f"the search page {folder}search.html found nothing for {term!r}"]
     problems += console_errors(driver)
-    return problems, f"{results} results for {SEARCH_TERM!r}"
+    return problems, f"{results} results for {term!r}"
 
 
 def run(html_dir: Path, screenshots: Path) -> int:
@@ -346,8 +384,14 @@ def run(html_dir: Path, screenshots: Path) -> int:
             problems, summary = check_search(driver, base_url)
             print(f"{'FAIL' if problems else 'ok  '} search: {summary}")
             all_problems["search"] = problems
+            if (html_dir / ZH_SEARCH[0] / "search.html").is_file():
+                problems, summary = check_search(driver, base_url, *ZH_SEARCH)
+                print(f"{'FAIL' if problems else 'ok  '} {ZH_SEARCH[0]}search: {summary}")
+                all_problems[f"{ZH_SEARCH[0]}search"] = problems
         finally:
             driver.quit()
+    for page, problems in language_link_problems(html_dir, pages).items():
+        all_problems.setdefault(page, []).extend(problems)
     missing = [name for page, name in SCREENSHOTS.items() if page in pages and not (screenshots / name).is_file()]
     if missing:
         all_problems["screenshots"] = [f"not saved: {', '.join(missing)}"]

@@ -40,7 +40,10 @@ ZH = ROOT / "zh"
 HASH = re.compile(r"^% en: ([0-9a-f]{10}(?: [0-9a-f]{10})*)$")
 LIST_ITEM = re.compile(r"^(?:[-*+]|\d+\.)\s")
 FENCE = re.compile(r"^(`{3,}|:{3,})(.*)$")
-TRANSLATED = {"paragraph", "heading", "row", "item"}
+TRANSLATED = {"paragraph", "heading", "row", "item", "alt"}
+#: Directives whose first paragraph is a caption: a comment inside would end the figure, so the hashes
+#: of their alt text and caption go on the comment line before the directive.
+FIGURES = ("{figure}", "{glue:figure}")
 #: Directives whose body is code, math or a file: copied whole.
 VERBATIM_DIRECTIVES = ("{code-cell}", "{literalinclude}", "{math}", "{raw}", "python", "bash", "text", "")
 ROLE = re.compile(r"(?<!`)\{([a-z][a-z:-]*)\}`([^`]*)`")  # not `{role}` quoted in a code span
@@ -104,9 +107,18 @@ def _parse(lines: list[str], offset: int) -> list[Block]:
                 options = 0
                 while options < len(body) and body[options].startswith(":"):
                     options += 1
-                head = "\n".join([line, *body[:options]])
-                blocks.append(Block("directive", head + "\n" + fence, start,
-                                    children=_parse(body[options:], offset + i + 1 + options)))  # fmt: skip
+                kept = [o for o in body[:options] if not (name in FIGURES and o.startswith(":alt:"))]
+                head = "\n".join([line, *kept])
+                children = _parse(body[options:], offset + i + 1 + options)
+                if name in FIGURES:
+                    alts = [Block("alt", o[len(":alt:"):].strip(), offset + i + 2 + k)
+                            for k, o in enumerate(body[:options]) if o.startswith(":alt:")]  # fmt: skip
+                    children = alts + children
+                    hashes = list(pending_hash or [])
+                    for child in children:
+                        if child.kind in TRANSLATED and child.en_hash is None and hashes:
+                            child.en_hash = hashes.pop(0)
+                blocks.append(Block("directive", head + "\n" + fence, start, children=children))
             i = end + 1
             pending_hash = None
             continue
@@ -185,7 +197,10 @@ def roles(text: str) -> list[str]:
     found = []
     for kind, content in ROLE.findall(text):
         target = re.search(r"<([^>]+)>\s*$", content)
-        found.append(f"{kind}:{target.group(1) if target else content}")
+        name = target.group(1) if target else content
+        if kind.startswith("glue") and name.endswith("_zh"):  # a Chinese variant of the same value
+            name = name[: -len("_zh")]
+        found.append(f"{kind}:{name}")
     return sorted(found)
 
 
@@ -239,7 +254,11 @@ def stamp(chinese_path: Path) -> int:
                          f"the English has a {kinds_en[where:where + 1]}: translate block for block")  # fmt: skip
     lines = chinese.splitlines()
     for a, b in sorted(zip(en, zh), key=lambda pair: -pair[1].line):
-        if a.kind in ("table", "list") and all(c.en_hash is None for c in b.children):
+        if a.kind == "directive" and a.text.split("\n")[0].split(" ")[0].lstrip("`:") in FIGURES:
+            if not any(c.en_hash for c in b.children):
+                lines.insert(b.line - 1, "% en: " + " ".join(digest(c.text) for c in a.children
+                                                            if c.kind in TRANSLATED))  # fmt: skip
+        elif a.kind in ("table", "list") and all(c.en_hash is None for c in b.children):
             lines.insert(b.line - 1, "% en: " + " ".join(digest(c.text) for c in a.children))
         elif a.kind in ("paragraph", "heading") and b.en_hash is None:
             lines.insert(b.line - 1, f"% en: {digest(a.text)}")
