@@ -123,6 +123,15 @@ def test_stamp_and_restamp(tmp_path, monkeypatch):
                 if b.kind == "paragraph")
     translation.restamp(chinese, line)
     assert translation.compare(english.read_text(), chinese.read_text()).ok()
+    # A table row changes in both editions: restamped where it sits in the table.
+    english.write_text(english.read_text().replace("| convolution | 卷积 |", "| convolution (true) | 卷积 |"))
+    chinese.write_text(chinese.read_text().replace("| 卷积 | 卷积 |", "| 卷积（真正的） | 卷积 |"))
+    row = next(b.line for b in translation.flatten(translation.parse(chinese.read_text())) if b.kind == "row"
+               and "真正" in b.text)
+    translation.restamp(chinese, row)
+    assert translation.compare(english.read_text(), chinese.read_text()).ok()
+    with pytest.raises(ValueError, match="no stale translated block"):
+        translation.restamp(chinese, row)
     # A block out of order cannot be stamped by position.
     chinese.write_text(unstamped.replace("x = 1\n```", "x = 1\n```\n\n(extra)=") + "\n")
     with pytest.raises(ValueError, match="translate block for block"):

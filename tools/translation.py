@@ -279,7 +279,7 @@ def restamp(chinese_path: Path, line: int) -> str:
     for tag, a0, a1, b0, b1 in matcher.get_opcodes():
         for k in range(b0, b1):
             block = zh[k]
-            if not block.line <= line <= block.line + block.text.count("\n"):
+            if block.kind not in TRANSLATED or not block.line <= line <= block.line + block.text.count("\n"):
                 continue
             if tag != "replace" or a1 - a0 != b1 - b0 or en[a0 + k - b0].kind != block.kind:
                 raise ValueError(f"{chinese_path}:{line}: not a block edited in place (its English "
