@@ -281,6 +281,8 @@ def restamp(chinese_path: Path, line: int) -> str:
             block = zh[k]
             if block.kind not in TRANSLATED or not block.line <= line <= block.line + block.text.count("\n"):
                 continue
+            if tag == "equal":
+                raise ValueError(f"{chinese_path}:{line}: no stale translated block there (it is current)")
             if tag != "replace" or a1 - a0 != b1 - b0 or en[a0 + k - b0].kind != block.kind:
                 raise ValueError(f"{chinese_path}:{line}: not a block edited in place (its English "
                                  "source was added, removed or moved): translate and stamp by hand")  # fmt: skip
