@@ -102,9 +102,10 @@ def generalized_box_iou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reducti
               + \frac{|C| - |A \cup B|}{|C| + \epsilon}
 
     with C the smallest box enclosing A and B, and ``eps`` where torchvision (after fvcore) puts it.
-    It lies in [0, 2): 0 for identical boxes, above 1 for disjoint ones, and, unlike :math:`1 -
-    \mathrm{IoU}`, its gradient still moves a disjoint prediction toward its target
-    (Rezatofighi et al., 2019; DETR trains its boxes with it).
+    It lies in [0, 2): about ``eps / area`` for identical boxes (0 with ``eps=0``), above 1 for
+    disjoint ones, and, unlike :math:`1 - \mathrm{IoU}`, its gradient still moves a disjoint
+    prediction toward its target (Rezatofighi et al., 2019; DETR trains its boxes with it and
+    L1). Two boxes of zero area give NaN with ``eps=0`` (0 / 0), as torchvision's does.
 
     Args:
         boxes1, boxes2: float tensors of one shape (..., 4), ``(x1, y1, x2, y2)`` in pixels.

@@ -135,7 +135,9 @@ def extract_layer_features(model: nn.Module, loader: Batches, layers: Iterable[s
     One forward pass per batch, with a forward hook on each layer: the features of early and late
     layers for the question "which layer transfers best?" (Yosinski et al., 2014). A 4-D output
     (B, C, H, W) is averaged over H and W, as the network's own global pooling does; a 2-D output
-    (B, D) is kept as it is. The hooks are removed afterwards, also when the model raises.
+    (B, D) is kept as it is. Each layer must run exactly once per forward pass: a module that is
+    reused (one ``nn.ReLU`` called twice in a block) or skipped would misalign features and
+    labels, so it is refused. The hooks are removed afterwards, also when the model raises.
 
     Args:
         model: any ``nn.Module`` on ``device``; its ``forward`` is run in ``eval()`` mode.
@@ -145,11 +147,13 @@ def extract_layer_features(model: nn.Module, loader: Batches, layers: Iterable[s
 
     Returns:
         ``(features, labels)``: a dict from each name, in the given order, to float32 (N, C) on
-        the CPU, and int64 labels (N,), in the loader's order.
+        the CPU, and the labels (N,) as the loader yields them (int64 for the book's loaders), in
+        the loader's order.
 
     Raises:
         ValueError: no layers, a repeated name, a name that is not a submodule of ``model``, a
-            layer whose output is not a 2-D or 4-D tensor, or a loader that yields no batches.
+            layer whose output is not a 2-D or 4-D tensor, a layer that does not run exactly once
+            per forward pass, or a loader that yields no batches.
     """
     layers = list(layers)
     modules = dict(model.named_modules())
@@ -173,9 +177,13 @@ def extract_layer_features(model: nn.Module, loader: Batches, layers: Iterable[s
     labels = []
     try:
         with eval_mode(model), torch.inference_mode():
-            for x, y in loader:
+            for batch, (x, y) in enumerate(loader):
                 model(x.to(device))
                 labels.append(y.cpu())
+                calls = {name: len(outputs[name]) - batch for name in layers}
+                if any(count != 1 for count in calls.values()):
+                    wrong = {name: count for name, count in calls.items() if count != 1}
+                    raise ValueError(f"each layer must run exactly once per forward pass; calls in one pass: {wrong}")
     finally:
         for handle in handles:
             handle.remove()

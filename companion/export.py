@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .utils import atomic_write, eval_mode
+from .utils import atomic_write, dynamic_batch_shapes, eval_mode
 
 __all__ = ["OnnxRuntimeModule", "export_onnx", "quantize_onnx"]
 
@@ -63,13 +63,9 @@ def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise TypeError(f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}")
-    if not example_inputs or example_inputs[0].dim() == 0 or example_inputs[0].shape[0] < 2:
-        shape = tuple(example_inputs[0].shape) if example_inputs else None
-        raise ValueError(f"example_inputs[0] must be a batch of at least 2 (B, ...), got shape {shape}")
+    dynamic = dynamic_batch_shapes(example_inputs)
     onnx = _require("onnx")
     _require("onnxscript")
-    batch = torch.export.Dim("batch", min=1)
-    dynamic = tuple({0: batch} if i == 0 else None for i in range(len(example_inputs)))
     with eval_mode(model):
         program = torch.onnx.export(
             model, example_inputs, dynamo=True, dynamic_shapes=dynamic, external_data=False, verbose=False

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .utils import eval_mode
+from .utils import dynamic_batch_shapes, eval_mode
 
 __all__ = [
     "dequantize_per_channel",
@@ -313,9 +313,8 @@ def quantize_pt2e(
     finally:
         pytree_log.setLevel(level)
     _check_skip(model, skip)
-    _check_example(model, example_inputs)
-    batch = torch.export.Dim("batch", min=1)
-    dynamic = tuple({0: batch} if i == 0 else None for i in range(len(example_inputs)))
+    dynamic = dynamic_batch_shapes(example_inputs)
+    _check_on_cpu(model, example_inputs)
     with eval_mode(model):
         exported = torch.export.export(model, example_inputs, dynamic_shapes=dynamic).module()
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
@@ -335,11 +334,8 @@ def quantize_pt2e(
     return quantized
 
 
-def _check_example(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
-    """A CPU network and an example batch of at least 2 (``torch.export`` specialises a batch of 1)."""
-    if not example_inputs or example_inputs[0].dim() == 0 or example_inputs[0].shape[0] < 2:
-        shape = tuple(example_inputs[0].shape) if example_inputs else None
-        raise ValueError(f"example_inputs[0] must be a batch of at least 2 (B, ...), got shape {shape}")
+def _check_on_cpu(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    """The x86 quantiser's target: the network and the example inputs on the CPU."""
     if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers(), *example_inputs]):
         raise ValueError("the network and example_inputs must be on the CPU (the x86 quantiser's target)")
 

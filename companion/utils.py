@@ -20,7 +20,8 @@ from typing import IO
 import torch
 from torch import nn
 
-__all__ = ["assert_same_values_and_grads", "atomic_write", "check_float_images", "eval_mode", "value_and_grad_gaps"]
+__all__ = ["assert_same_values_and_grads", "atomic_write", "check_float_images", "dynamic_batch_shapes", "eval_mode",
+           "value_and_grad_gaps"]
 
 
 @contextlib.contextmanager
@@ -71,6 +72,34 @@ def check_float_images(images: torch.Tensor, name: str = "images") -> None:
                         "convert pixels with .float() / 255")  # fmt: skip
     if images.dim() != 4:
         raise ValueError(f"{name} must have four dimensions (B, C, H, W), got shape {tuple(images.shape)}")
+
+
+def dynamic_batch_shapes(example_inputs: tuple[torch.Tensor, ...]) -> tuple[dict | None, ...]:
+    """``dynamic_shapes`` for ``torch.export``: the first input's dimension 0 is a batch of any size.
+
+    ``torch.export.export`` and ``torch.onnx.export(dynamo=True)`` specialise every dimension
+    they are not told is dynamic, and a dimension of size 1 even when told (0/1 specialisation),
+    so the example batch must hold at least 2 samples for the exported program to accept any
+    batch. Used by :func:`~companion.quantization.quantize_pt2e` and
+    :func:`~companion.export.export_onnx` (chapter "Shipping models").
+
+    Args:
+        example_inputs: a tuple of tensors, the first a batch (B, ...) with B >= 2.
+
+    Returns:
+        A tuple with one entry per input: ``{0: Dim("batch", min=1)}`` for the first, ``None``
+        (all static) for the others.
+
+    Raises:
+        ValueError: no inputs, or a first input that is a scalar or a batch of fewer than 2.
+
+    Source: PyTorch's ``torch.export`` documentation ("Expressing dynamism", 0/1 specialisation).
+    """
+    if not example_inputs or example_inputs[0].dim() == 0 or example_inputs[0].shape[0] < 2:
+        shape = tuple(example_inputs[0].shape) if example_inputs else None
+        raise ValueError(f"example_inputs[0] must be a batch of at least 2 (B, ...), got shape {shape}")
+    batch = torch.export.Dim("batch", min=1)
+    return tuple({0: batch} if i == 0 else None for i in range(len(example_inputs)))
 
 
 def _usual_permissions() -> int:

@@ -183,6 +183,16 @@ def test_extract_layer_features_last_block_is_forward_features_and_refusals():
     with pytest.raises(ValueError, match=r"layer '1' must output a \(B, D\)"):
         extract_layer_features(flat, [(x, y)], ["1"], "cpu")
     assert not flat[1]._forward_hooks  # removed although the hook raised
+    resnet = torchvision.models.resnet18(weights=None)
+    images = torch.randn(3, 3, 32, 32)
+    # layer1.0.relu runs twice in its block; layer4 of an unused branch never runs
+    with pytest.raises(ValueError, match=r"exactly once per forward pass.*'layer1.0.relu': 2"):
+        extract_layer_features(resnet, [(images, y[:3])], ["layer1.0.relu"], "cpu")
+    unused = nn.ModuleDict({"used": nn.Conv2d(1, 2, 3), "spare": nn.Conv2d(1, 2, 3)})
+    unused.forward = lambda x: unused["used"](x)
+    with pytest.raises(ValueError, match=r"exactly once per forward pass.*'spare': 0"):
+        extract_layer_features(unused, [(x, y)], ["used", "spare"], "cpu")
+    assert not resnet.layer1[0].relu._forward_hooks
 
 
 def _nt_xent_reference(z1, z2, temperature):

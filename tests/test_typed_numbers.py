@@ -196,6 +196,7 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("1", "sourced fact: the largest temperature Chen et al. compared"),
     ],
     "pretrained_models": [
+        ("90 %", "threshold: the share of a weight that a weight decay leaves for it to count as weak"),
         ("1.28", "sourced fact: ILSVRC-2012's training images (Russakovsky et al.)"),
         ("50,000", "sourced fact: ILSVRC-2012's validation images"),
         ("1,000", "sourced fact: ImageNet's classes; setting: labelled images"),
@@ -226,7 +227,7 @@ ALLOWED: dict[str, list[tuple[str, ...]]] = {
         ("85", "sourced fact: download size of DINOv2 ViT-S/14's weights (no citation on the page)"),
     ],
     "detection_segmentation": [
-        ("100", "setting: the step at which the box-regression illustration compares two losses"),
+        ("0.9", "threshold: the IoU the box-regression illustration counts steps to"),
         ("101", "sourced fact: COCO's 101 recall points (Lin et al.)"),
         ("16", "setting: the smallest digit side; the heat map's side at stride 4"),
         ("32", "setting: the largest digit side"),

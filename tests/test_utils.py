@@ -90,3 +90,20 @@ def test_check_float_images_names_the_kind_of_mistake():
         check_float_images(torch.zeros(2, 3, 4, 4).numpy())
     with pytest.raises(ValueError, match=r"four dimensions \(B, C, H, W\), got shape \(3, 4, 4\)"):
         check_float_images(torch.zeros(3, 4, 4))
+
+
+def test_dynamic_batch_shapes_exports_a_program_that_takes_any_batch():
+    from companion.utils import dynamic_batch_shapes
+
+    model = torch.nn.Linear(3, 2)
+    example = (torch.randn(4, 3),)
+    shapes = dynamic_batch_shapes(example)
+    assert len(shapes) == 1 and set(shapes[0]) == {0}
+    program = torch.export.export(model, example, dynamic_shapes=shapes).module()
+    for batch in (1, 7):  # not specialised to the example's 4, nor to 1
+        x = torch.randn(batch, 3)
+        torch.testing.assert_close(program(x), model(x))
+    assert dynamic_batch_shapes((torch.randn(2, 3), torch.randn(5)))[1] is None
+    for bad in ((), (torch.tensor(1.0),), (torch.randn(1, 3),)):
+        with pytest.raises(ValueError, match="batch of at least 2"):
+            dynamic_batch_shapes(bad)
