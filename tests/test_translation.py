@@ -159,3 +159,23 @@ def test_no_space_between_chinese_and_latin(english, chinese):
 def test_the_space_rule_catches_a_space():
     assert SPACE_RULE.search("批量大小为 128") and SPACE_RULE.search("用 `nn.Conv2d`")
     assert not SPACE_RULE.search("批量大小为128，形状(B, C, H, W)")
+
+
+NOTEBOOKS = sorted((ROOT / "zh" / "chapters").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("chinese", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_chinese_notebook_reuses_the_english_execution(chinese):
+    """jupyter-cache keys a notebook by its code cells (source and metadata) and kernelspec: equal
+    ones let the Chinese build show the English execution (tools/build.py fails otherwise)."""
+    import nbformat
+
+    def key(path):
+        nb = nbformat.read(path, as_version=4)
+        cells = [(c.source, dict(c.metadata)) for c in nb.cells if c.cell_type == "code"]
+        return cells, nb.metadata.get("kernelspec")
+
+    assert key(chinese) == key(ROOT / "chapters" / chinese.name), "run jupytext --sync on both .md files"
+    markdown = chinese.with_suffix(".md").read_text()
+    assert all(c.source in markdown for c in nbformat.read(chinese, as_version=4).cells
+               if c.cell_type == "code"), "the .ipynb is not in sync with its .md: jupytext --sync"
