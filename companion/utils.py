@@ -87,8 +87,8 @@ def dynamic_batch_shapes(example_inputs: tuple[torch.Tensor, ...]) -> tuple[dict
         example_inputs: a tuple of tensors, the first a batch (B, ...) with B >= 2.
 
     Returns:
-        A tuple with one entry per input: ``{0: Dim("batch", min=1)}`` for the first, ``None``
-        (all static) for the others.
+        One entry per input, ``{0: Dim("batch", min=1)}`` for the first and ``None`` (all
+        static) for the others, as a tuple.
 
     Raises:
         ValueError: no inputs, or a first input that is a scalar or a batch of fewer than 2.
