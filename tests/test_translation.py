@@ -179,3 +179,22 @@ def test_chinese_notebook_reuses_the_english_execution(chinese):
     markdown = chinese.with_suffix(".md").read_text()
     assert all(c.source in markdown for c in nbformat.read(chinese, as_version=4).cells
                if c.cell_type == "code"), "the .ipynb is not in sync with its .md: jupytext --sync"
+
+
+def test_a_figure_keeps_its_hashes_outside(tmp_path, monkeypatch):
+    """A comment inside a figure would end its caption: the alt text's and caption's hashes go
+    on the line before the directive."""
+    monkeypatch.setattr(translation, "ROOT", tmp_path)
+    monkeypatch.setattr(translation, "ZH", tmp_path / "zh")
+    (tmp_path / "zh").mkdir()
+    figure = "```{glue:figure} diagram\n:name: fig-x\n:alt: %s\n\n%s\n```\n"
+    (tmp_path / "page.md").write_text(figure % ("Two boxes.", "A caption with {eq}`eq-x`."))
+    chinese = tmp_path / "zh" / "page.md"
+    chinese.write_text(figure % ("两个框。", "图注，见{eq}`eq-x`。"))
+    assert translation.stamp(chinese) == 2
+    text = chinese.read_text()
+    assert text.startswith("% en: ") and text.count("% en:") == 1, text
+    assert translation.compare((tmp_path / "page.md").read_text(), text).ok()
+    (tmp_path / "page.md").write_text(figure % ("Two boxes.", "A changed caption with {eq}`eq-x`."))
+    drift = translation.compare((tmp_path / "page.md").read_text(), text)
+    assert [a.kind for a in drift.untranslated] == ["paragraph"] and [b.kind for b in drift.stale] == ["paragraph"]

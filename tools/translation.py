@@ -241,6 +241,10 @@ def pages() -> list[tuple[Path, Path]]:
             if (ROOT / path.relative_to(ZH)).exists()]  # fmt: skip
 
 
+def _is_figure(block: Block) -> bool:
+    return block.kind == "directive" and block.text.split("\n")[0].split(" ")[0].lstrip("`:") in FIGURES
+
+
 def stamp(chinese_path: Path) -> int:
     """Insert the hash comments into a freshly translated page, pairing blocks by position."""
     english = (ROOT / chinese_path.resolve().relative_to(ZH)).read_text()
@@ -253,8 +257,11 @@ def stamp(chinese_path: Path) -> int:
         raise ValueError(f"{chinese_path}: block {where} (line {line}) is a {kinds_zh[where:where + 1]}, "
                          f"the English has a {kinds_en[where:where + 1]}: translate block for block")  # fmt: skip
     lines = chinese.splitlines()
+    figure_parts = {id(c) for b in zh if _is_figure(b) for c in b.children}
     for a, b in sorted(zip(en, zh), key=lambda pair: -pair[1].line):
-        if a.kind == "directive" and a.text.split("\n")[0].split(" ")[0].lstrip("`:") in FIGURES:
+        if id(b) in figure_parts:  # its hash goes on the line before the figure (below)
+            continue
+        if _is_figure(a):
             if not any(c.en_hash for c in b.children):
                 lines.insert(b.line - 1, "% en: " + " ".join(digest(c.text) for c in a.children
                                                             if c.kind in TRANSLATED))  # fmt: skip
