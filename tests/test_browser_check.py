@@ -113,6 +113,8 @@ def test_language_links_resolve_both_ways(browser_check, tmp_path):
     (tmp_path / "chapters" / "b.html").write_text(_link("../zh/index.html", "No translation yet: "),
                                                   encoding="utf-8")
     (tmp_path / "search.html").write_text("<p>no link needed</p>", encoding="utf-8")
+    (tmp_path / "redirect.html").write_text('<meta http-equiv="Refresh" content="0; url=intro.html" />',
+                                            encoding="utf-8")
     pages = browser_check.html_pages(tmp_path)
     assert browser_check.language_link_problems(tmp_path, pages) == {}
     # a twin that links elsewhere, a missing link and a link to nothing are each reported

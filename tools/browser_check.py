@@ -322,7 +322,10 @@ def language_link_problems(html_dir: Path, pages: list[str]) -> dict[str, list[s
     for page in pages:
         if posixpath.basename(page) in ("search.html", "genindex.html", "py-modindex.html"):
             continue
-        match = LANGUAGE_LINK.search((html_dir / page).read_text(encoding="utf-8"))
+        text = (html_dir / page).read_text(encoding="utf-8")
+        if re.search(r'http-equiv="refresh"', text, re.IGNORECASE):  # index.html: a redirect, no text
+            continue
+        match = LANGUAGE_LINK.search(text)
         if match is None:
             problems[page] = ["no link to the other edition"]
             continue
