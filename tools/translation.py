@@ -208,7 +208,6 @@ def roles(text: str) -> list[str]:
 class Drift:
     """What the status command reports for one Chinese page."""
 
-    page: str
     untranslated: list[Block] = field(default_factory=list)  # English blocks with no current translation
     stale: list[Block] = field(default_factory=list)  # Chinese blocks whose source changed or went
     mismatched: list[tuple[Block, Block, str]] = field(default_factory=list)  # paired, but not equal
@@ -217,10 +216,10 @@ class Drift:
         return not (self.untranslated or self.stale or self.mismatched)
 
 
-def compare(english: str, chinese: str, page: str = "") -> Drift:
+def compare(english: str, chinese: str) -> Drift:
     """Pair the blocks of an English page and of its translation by hash, and list the drift."""
     en, zh = flatten(parse(english)), flatten(parse(chinese))
-    drift = Drift(page)
+    drift = Drift()
     matcher = difflib.SequenceMatcher(a=[b.key() for b in en], b=[b.key() for b in zh], autojunk=False)
     for tag, a0, a1, b0, b1 in matcher.get_opcodes():
         if tag == "equal":
@@ -319,7 +318,7 @@ def main(argv: list[str]) -> int:
         return 0
     failed = False
     for english_path, chinese_path in pages():
-        drift = compare(english_path.read_text(), chinese_path.read_text(), str(chinese_path.relative_to(ROOT)))
+        drift = compare(english_path.read_text(), chinese_path.read_text())
         for a in drift.untranslated:
             print(f"{english_path.relative_to(ROOT)}:{a.line}: {a.kind} to translate: {a.text[:70]!r}")
         for b in drift.stale:
