@@ -55,6 +55,21 @@ def execution_rows(app) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+#: The table's words in the Chinese edition (``language: zh_CN``); the English ones are the keys.
+ZH = {
+    "notebook": "笔记本", "seconds": "秒", "executed by": "执行者", "CPU threads": "CPU线程数",
+    "alone": "是否单独运行", "the book build": "本书构建", "default": "默认", "yes": "是",
+    "no, beside other tests": "否，与其他测试同时运行", "not executed": "未执行",
+}  # fmt: skip
+
+
+def in_language(cells, language: str | None) -> list[str]:
+    """The cells in the page's language: the Chinese words of ``ZH`` for ``zh*``, else unchanged."""
+    if (language or "").startswith("zh"):
+        return [ZH.get(cell, cell) for cell in cells]
+    return list(cells)
+
+
 def _table(rows, headers) -> nodes.table:
     table = nodes.table(classes=["colwidths-auto"])
     group = nodes.tgroup(cols=len(headers))
@@ -76,7 +91,9 @@ class ExecutionWorkers(SphinxDirective):
     def run(self):
         setattr(self.env, _DOCS, getattr(self.env, _DOCS, set()) | {self.env.docname})
         headers = ["notebook", "seconds", "executed by", "CPU threads", "alone"]
-        return [_table(execution_rows(self.env.app), headers)]
+        language = self.env.config.language
+        rows = [[docname, *in_language(rest, language)] for docname, *rest in execution_rows(self.env.app)]
+        return [_table(rows, in_language(headers, language))]
 
 
 def _reread(app, env):

@@ -102,3 +102,13 @@ def test_execution_table_reads_the_worker_of_the_matching_execution(tmp_path):
         ("missing", "-", "not executed", "-", "-"),
         ("shared", "12", "gw1", "1", "no, beside other tests"),
     ]  # fmt: skip
+
+
+def test_execution_table_speaks_the_page_language():
+    import execution_workers
+
+    row = ("3", "the book build", "default", "no, beside other tests")
+    assert execution_workers.in_language(row, "zh_CN") == ["3", "本书构建", "默认", "否，与其他测试同时运行"]
+    assert execution_workers.in_language(["alone"], "zh_CN") == ["是否单独运行"]  # a header
+    assert execution_workers.in_language(row, "en") == list(row)
+    assert execution_workers.in_language(row, None) == list(row)

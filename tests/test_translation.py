@@ -198,3 +198,34 @@ def test_a_figure_keeps_its_hashes_outside(tmp_path, monkeypatch):
     (tmp_path / "page.md").write_text(figure % ("Two boxes.", "A changed caption with {eq}`eq-x`."))
     drift = translation.compare((tmp_path / "page.md").read_text(), text)
     assert [a.kind for a in drift.untranslated] == ["paragraph"] and [b.kind for b in drift.stale] == ["paragraph"]
+
+
+def _toc_files(path):
+    import yaml
+
+    toc = yaml.safe_load(path.read_text())
+    return [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+
+
+def test_chinese_toc_mirrors_the_english_one():
+    """Issue #34: every English page has its Chinese twin, in the same order and parts."""
+    import yaml
+
+    english, chinese = ROOT / "_toc.yml", ROOT / "zh" / "_toc.yml"
+    assert _toc_files(chinese) == _toc_files(english)
+    parts = [[len(p["chapters"]), p.get("numbered", False)] for p in yaml.safe_load(english.read_text())["parts"]]
+    assert [[len(p["chapters"]), p.get("numbered", False)]
+            for p in yaml.safe_load(chinese.read_text())["parts"]] == parts  # fmt: skip
+    missing = [f for f in _toc_files(chinese) if not any((ROOT / "zh" / f).with_suffix(s).exists()
+                                                        for s in (".md", ".ipynb"))]  # fmt: skip
+    assert not missing, missing
+
+
+def test_chinese_api_page_lists_the_modules_of_api_rst():
+    """The Chinese API page links each module's English reference to the chapter that explains it:
+    the same modules, in the same order, with the same chapters as api.rst's directives."""
+    import re
+
+    english = re.findall(r"^\.\. companion-module:: (\S+) (\S+)$", (ROOT / "api.rst").read_text(), re.M)
+    chinese = re.findall(r"^\| \{py:mod\}`(\S+)` \| \{ref\}`(\S+)` \|$", (ROOT / "zh" / "api.md").read_text(), re.M)
+    assert english and chinese == english
