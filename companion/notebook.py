@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterable, Sequence
 
-__all__ = ["glue", "markdown_table", "markdown_table_text"]
+__all__ = ["glue", "join_words", "markdown_table", "markdown_table_text"]
 
 
 def _display(obj: object) -> None:
@@ -55,6 +55,39 @@ def glue(**values: object) -> None:
     rest = [(f"`{name}`", value) for name, value in values.items() if name not in figures]
     if rest:
         _display(markdown_table(["glued value", "value"], rest))
+
+
+def join_words(items: Iterable[object], language: str = "en") -> str:
+    """Join items into a list for a sentence, in the page's language.
+
+    English: ``"a"``, ``"a and b"``, ``"a, b and c"`` (the book writes no serial comma). Chinese
+    (the edition in ``zh/``): ``"a和b"``, ``"a、b和c"``, with no spaces (zh/CONVENTIONS.md). A
+    chapter glues both, ``name=join_words(xs)`` and ``name_zh=join_words(xs, language="zh")``.
+
+    Args:
+        items: one or more items, each written with ``str()``.
+        language: ``"en"`` or ``"zh"``.
+
+    Returns:
+        The items joined, as a string.
+
+    Raises:
+        ValueError: no items (a sentence must say what stands for "none" itself), or a language
+            other than ``"en"`` and ``"zh"``.
+
+    Examples:
+        >>> join_words([1, 2, 3])
+        '1, 2 and 3'
+        >>> join_words(["LeNet-5", "AlexNet"], language="zh")
+        'LeNet-5和AlexNet'
+    """
+    if language not in ("en", "zh"):
+        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
+    words = [str(item) for item in items]
+    if not words:
+        raise ValueError("join_words() needs at least one item; say 'none' in the chapter's own words")
+    separator, last = (", ", " and ") if language == "en" else ("、", "和")
+    return words[0] if len(words) == 1 else separator.join(words[:-1]) + last + words[-1]
 
 
 def _is_figure(value: object) -> bool:

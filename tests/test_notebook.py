@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 import companion.notebook as notebook
-from companion.notebook import glue, markdown_table, markdown_table_text
+from companion.notebook import glue, join_words, markdown_table, markdown_table_text
 
 
 def test_markdown_table_text_hand_example():
@@ -72,3 +72,26 @@ def test_glue_shows_a_figure_without_myst_nb(monkeypatch):
     shown.clear()
     glue(diagram=figure)
     assert shown == [figure]  # no empty table
+
+
+@pytest.mark.parametrize(
+    "items, language, expected",
+    [
+        (["a"], "en", "a"),
+        (["a", "b"], "en", "a and b"),
+        ([1, 2, 3], "en", "1, 2 and 3"),
+        (["ViT-B/16"], "zh", "ViT-B/16"),
+        (["LeNet-5", "AlexNet"], "zh", "LeNet-5和AlexNet"),
+        (("0.3", "1", "3"), "zh", "0.3、1和3"),
+        ((f"{x:g}" for x in (0.5, 2.0)), "en", "0.5 and 2"),  # any iterable
+    ],
+)
+def test_join_words(items, language, expected):
+    assert join_words(items, language=language) == expected
+
+
+def test_join_words_refuses_no_items_and_unknown_languages():
+    with pytest.raises(ValueError, match="at least one item"):
+        join_words([])
+    with pytest.raises(ValueError, match="'en' or 'zh'.*'fr'"):
+        join_words(["a"], language="fr")
