@@ -229,3 +229,22 @@ def test_chinese_api_page_lists_the_modules_of_api_rst():
     english = re.findall(r"^\.\. companion-module:: (\S+) (\S+)$", (ROOT / "api.rst").read_text(), re.M)
     chinese = re.findall(r"^\| \{py:mod\}`(\S+)` \| \{ref\}`(\S+)` \|$", (ROOT / "zh" / "api.md").read_text(), re.M)
     assert english and chinese == english
+
+
+def test_restamp_of_a_figure_caption_keeps_the_hashes_outside(tmp_path, monkeypatch):
+    """Restamping a changed caption rewrites the figure's hash line, never the blank line inside
+    the figure (a comment there would end the caption)."""
+    monkeypatch.setattr(translation, "ROOT", tmp_path)
+    monkeypatch.setattr(translation, "ZH", tmp_path / "zh")
+    (tmp_path / "zh").mkdir()
+    figure = "```{glue:figure} diagram\n:name: fig-x\n:alt: %s\n\n%s\n```\n"
+    (tmp_path / "page.md").write_text(figure % ("Two boxes.", "A caption."))
+    chinese = tmp_path / "zh" / "page.md"
+    chinese.write_text(figure % ("两个框。", "图注。"))
+    translation.stamp(chinese)
+    (tmp_path / "page.md").write_text(figure % ("Two boxes.", "A changed caption."))
+    caption_line = chinese.read_text().splitlines().index("图注。") + 1
+    translation.restamp(chinese, caption_line)
+    text = chinese.read_text()
+    assert text.startswith("% en: ") and text.count("% en:") == 1 and "\n\n图注。\n" in text, text
+    assert translation.compare((tmp_path / "page.md").read_text(), text).ok()

@@ -294,10 +294,12 @@ def restamp(chinese_path: Path, line: int) -> str:
                                  "source was added, removed or moved): translate and stamp by hand")  # fmt: skip
             source = en[a0 + k - b0]
             lines = chinese.splitlines()
-            if block.kind in ("row", "item"):  # its hash is one of those on the line before the table or list
-                parent = next(b for b in zh if block in b.children)
-                hashes = [c.en_hash or "" for c in parent.children]
-                hashes[parent.children.index(block)] = digest(source.text)
+            parent = next((b for b in zh if block in b.children), None)
+            if parent is not None and (block.kind in ("row", "item") or _is_figure(parent)):
+                # its hash is one of those on the line before the table, list or figure
+                parts = [c for c in parent.children if c.kind in TRANSLATED]
+                hashes = [c.en_hash or "" for c in parts]
+                hashes[parts.index(block)] = digest(source.text)
                 lines[parent.line - 2] = "% en: " + " ".join(hashes)
             else:
                 lines[block.line - 2] = f"% en: {digest(source.text)}"
