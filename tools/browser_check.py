@@ -187,12 +187,26 @@ def find_browser() -> tuple[str, str] | str:
     return chrome, driver
 
 
-# Waits for MathJax's first typesetting pass; answers "none" when the page has no MathJax.
+# Waits for MathJax's first typesetting pass; answers "none" when the page has no MathJax. MathJax is
+# a deferred script: the page can finish loading before it defines window.MathJax.startup.promise, so a
+# page that loads MathJax is polled for it (up to 20 s) instead of being judged at once.
 _WAIT_FOR_MATHJAX = """
 const done = arguments[arguments.length - 1];
-if (!(window.MathJax && MathJax.startup && MathJax.startup.promise)) { done("none"); return; }
-MathJax.startup.promise.then(() => done("ok"), (err) => done("error: " + err));
+const loads = [...document.scripts].some((s) => /mathjax/i.test(s.src));
+const deadline = Date.now() + 20000;
+(function wait() {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(() => done("ok"), (err) => done("error: " + err));
+  } else if (!loads || Date.now() > deadline) {
+    done("none");
+  } else {
+    setTimeout(wait, 50);
+  }
+})();
 """
+
+# Whether the page has a MathJax script.
+_LOADS_MATHJAX = "return [...document.scripts].some((s) => /mathjax/i.test(s.src));"
 
 # Waits for every image to finish loading (or fail); answers the sources of those not shown.
 _WAIT_FOR_IMAGES = """
@@ -291,6 +305,11 @@ def check_page(driver, html_dir: Path, base_url: str, page: str, failed_requests
     driver.get(base_url + page)
     problems = []
     mathjax = driver.execute_async_script(_WAIT_FOR_MATHJAX)
+    for _ in range(20):  # seen in Chromium: "none" once on a page that loads MathJax; ask again
+        if mathjax != "none" or not driver.execute_script(_LOADS_MATHJAX):
+            break
+        time.sleep(0.5)
+        mathjax = driver.execute_async_script(_WAIT_FOR_MATHJAX)
     missing_images = driver.execute_async_script(_WAIT_FOR_IMAGES)
     time.sleep(0.2)  # let late console messages (a failed font) arrive
     info = driver.execute_script(_INSPECT)
