@@ -181,13 +181,22 @@ def test_chinese_notebook_reuses_the_english_execution(chinese):
                if c.cell_type == "code"), "the .ipynb is not in sync with its .md: jupytext --sync"
 
 
-def test_a_figure_keeps_its_hashes_outside(tmp_path, monkeypatch):
-    """A comment inside a figure would end its caption: the alt text's and caption's hashes go
-    on the line before the directive."""
+FIGURE = "```{glue:figure} diagram\n:name: fig-x\n:alt: %s\n\n%s\n```\n"
+
+
+@pytest.fixture
+def book(tmp_path, monkeypatch):
+    """An empty two-edition book in tmp_path: its root, with zh/ beside the English pages."""
     monkeypatch.setattr(translation, "ROOT", tmp_path)
     monkeypatch.setattr(translation, "ZH", tmp_path / "zh")
     (tmp_path / "zh").mkdir()
-    figure = "```{glue:figure} diagram\n:name: fig-x\n:alt: %s\n\n%s\n```\n"
+    return tmp_path
+
+
+def test_a_figure_keeps_its_hashes_outside(book):
+    """A comment inside a figure would end its caption: the alt text's and caption's hashes go
+    on the line before the directive."""
+    tmp_path, figure = book, FIGURE
     (tmp_path / "page.md").write_text(figure % ("Two boxes.", "A caption with {eq}`eq-x`."))
     chinese = tmp_path / "zh" / "page.md"
     chinese.write_text(figure % ("两个框。", "图注，见{eq}`eq-x`。"))
@@ -231,13 +240,10 @@ def test_chinese_api_page_lists_the_modules_of_api_rst():
     assert english and chinese == english
 
 
-def test_restamp_of_a_figure_caption_keeps_the_hashes_outside(tmp_path, monkeypatch):
+def test_restamp_of_a_figure_caption_keeps_the_hashes_outside(book):
     """Restamping a changed caption rewrites the figure's hash line, never the blank line inside
     the figure (a comment there would end the caption)."""
-    monkeypatch.setattr(translation, "ROOT", tmp_path)
-    monkeypatch.setattr(translation, "ZH", tmp_path / "zh")
-    (tmp_path / "zh").mkdir()
-    figure = "```{glue:figure} diagram\n:name: fig-x\n:alt: %s\n\n%s\n```\n"
+    tmp_path, figure = book, FIGURE
     (tmp_path / "page.md").write_text(figure % ("Two boxes.", "A caption."))
     chinese = tmp_path / "zh" / "page.md"
     chinese.write_text(figure % ("两个框。", "图注。"))
